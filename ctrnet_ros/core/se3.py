@@ -186,7 +186,7 @@ def look_at_optical(eye, target, up=(0.0, 0.0, 1.0), roll: float = 0.0) -> np.nd
         raise ValueError("eye and target coincide")
     z /= np.linalg.norm(z)
     up = _as_f64(up, (3,), "up")
-    x = np.cross(z, -up)
+    x = np.cross(z, up)  # image right = forward x up
     if np.linalg.norm(x) < 1e-9:  # looking straight along up: pick any perpendicular
         x = np.cross(z, np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0]))
     x /= np.linalg.norm(x)

@@ -1,0 +1,140 @@
+"""Reading rosbag2 recordings without ROS, through ``rosbags``, and converting their messages.
+
+Works on bags recorded by ``ros2 bag record`` and on the synthetic bags that
+:func:`ctrnet_ros.sim.bag.write_sim_bag` writes, in mcap or sqlite3 storage. Message types come
+from the bag's own definitions where it stores them, else from the ROS 2 Kilted typestore.
+Messages are rosbags' dataclasses (numpy arrays for numeric arrays), never rclpy messages.
+
+Caveat (see docs ENVIRONMENT "Bags without ROS"): rosbags rejects a ``JointState`` that rclpy
+serialised with *empty* velocity/effort arrays (``CDR message size mismatch``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from ..core.camera import PinholeCamera
+
+__all__ = [
+    "BagReadError",
+    "ImageEncodingError",
+    "SUPPORTED_IMAGE_ENCODINGS",
+    "read_bag_messages",
+    "bag_topics",
+    "stamp_to_ns",
+    "image_msg_to_rgb",
+    "camera_info_msg_to_camera",
+    "joint_state_msg_to_positions",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Encodings :func:`image_msg_to_rgb` converts.
+SUPPORTED_IMAGE_ENCODINGS = ("rgb8", "bgr8", "mono8")
+
+
+class BagReadError(RuntimeError):
+    """A bag that cannot be read, or a requested topic that it does not contain."""
+
+
+class ImageEncodingError(ValueError):
+    """An Image message whose encoding is unsupported or whose size fields disagree with its data."""
+
+
+def _any_reader(path: str | os.PathLike):
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    path = Path(path)
+    if not path.exists():
+        raise BagReadError(f"bag {path} does not exist")
+    return AnyReader([path], default_typestore=get_typestore(Stores.ROS2_KILTED))
+
+
+def bag_topics(path: str | os.PathLike) -> dict[str, str]:
+    """``{topic: message type}`` (e.g. ``sensor_msgs/msg/Image``) of a rosbag2 directory."""
+    with _any_reader(path) as reader:
+        return {c.topic: c.msgtype for c in reader.connections}
+
+
+def read_bag_messages(path: str | os.PathLike, topics: Iterable[str] | None = None, *,
+                      start_ns: int | None = None, stop_ns: int | None = None) -> Iterator[tuple[str, int, Any]]:
+    """Iterate ``(topic, log_time_ns, message)`` over a rosbag2 directory, in log-time order.
+
+    Args:
+        path: the bag directory (with ``metadata.yaml``) or a single ``.mcap`` file.
+        topics: topics to read; ``None`` reads all. A topic the bag lacks raises :class:`BagReadError`
+            (listing the topics it has) before anything is yielded.
+        start_ns, stop_ns: optional log-time window ``[start_ns, stop_ns)``, nanoseconds.
+    Yields:
+        topic name, log time in nanoseconds since the epoch, and the deserialized rosbags message.
+    """
+    with _any_reader(path) as reader:
+        available = {c.topic for c in reader.connections}
+        if topics is None:
+            connections = list(reader.connections)
+        else:
+            wanted = list(dict.fromkeys(topics))
+            missing = [t for t in wanted if t not in available]
+            if missing:
+                raise BagReadError(f"bag {path} has no topic(s) {missing}; it has {sorted(available)}")
+            connections = [c for c in reader.connections if c.topic in wanted]
+        for connection, stamp_ns, rawdata in reader.messages(connections=connections, start=start_ns, stop=stop_ns):
+            try:
+                msg = reader.deserialize(rawdata, connection.msgtype)
+            except Exception as exc:  # rosbags raises assorted types for malformed CDR
+                raise BagReadError(f"cannot deserialize {connection.msgtype} on {connection.topic} at "
+                                   f"{stamp_ns} ns: {exc}") from exc
+            yield connection.topic, int(stamp_ns), msg
+
+
+def stamp_to_ns(stamp) -> int:
+    """``builtin_interfaces/Time`` (``sec``, ``nanosec``) -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def image_msg_to_rgb(msg) -> np.ndarray:
+    """A ``sensor_msgs/Image`` (rosbags message) -> (H, W, 3) uint8 RGB array (a copy).
+
+    Handles ``rgb8``, ``bgr8`` (channels swapped) and ``mono8`` (replicated to three channels),
+    including rows padded beyond ``width * channels`` bytes (``step``).
+
+    Raises:
+        ImageEncodingError: any other encoding, or ``step``/``data`` inconsistent with the size.
+    """
+    encoding = str(msg.encoding).lower()
+    if encoding not in SUPPORTED_IMAGE_ENCODINGS:
+        raise ImageEncodingError(f"unsupported image encoding {msg.encoding!r}; supported: {SUPPORTED_IMAGE_ENCODINGS}")
+    channels = 1 if encoding == "mono8" else 3
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageEncodingError(f"image size must be positive, got {width}x{height}")
+    if step < width * channels:
+        raise ImageEncodingError(f"image step {step} is smaller than width * channels = {width * channels}")
+    data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
+    if data.size < step * height:
+        raise ImageEncodingError(f"image data has {data.size} bytes, expected step * height = {step * height}")
+    rows = data[: step * height].reshape(height, step)[:, : width * channels]
+    if encoding == "mono8":
+        return np.repeat(rows.reshape(height, width, 1), 3, axis=2)
+    img = rows.reshape(height, width, 3)
+    return np.ascontiguousarray(img[..., ::-1]) if encoding == "bgr8" else img.copy()
+
+
+def camera_info_msg_to_camera(msg) -> PinholeCamera:
+    """A ``sensor_msgs/CameraInfo`` (rosbags message) -> :class:`PinholeCamera` (K, D, size, model)."""
+    return PinholeCamera.from_camera_info_fields(k=np.asarray(msg.k), d=np.asarray(msg.d), width=int(msg.width),
+                                                 height=int(msg.height), distortion_model=str(msg.distortion_model))
+
+
+def joint_state_msg_to_positions(msg) -> dict[str, float]:
+    """A ``sensor_msgs/JointState`` -> ``{joint name: position}`` (radians / metres)."""
+    names, positions = list(msg.name), np.asarray(msg.position, dtype=np.float64)
+    if len(names) != len(positions):
+        raise ValueError(f"JointState has {len(names)} names but {len(positions)} positions")
+    return dict(zip(names, positions.tolist()))
