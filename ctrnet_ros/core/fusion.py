@@ -1,0 +1,242 @@
+"""Many frames -> one calibration (static camera), bump detection; smoothing for a moving camera.
+
+Static camera
+    A fixed camera sees one ``T_camera_base`` while the robot moves. We keep a window of frames
+    with *diverse* joint configurations (a new frame too close in joint space to a kept one replaces
+    it instead of adding a near-duplicate) and solve one multi-frame PnP over all of them
+    (:func:`~ctrnet_ros.core.pnp.solve_pnp_multiframe`, started from the current estimate).
+
+    Bump detection: once fused, every new frame's keypoints are also reprojected under the fused
+    pose. A frame *disagrees* when that error exceeds ``bump_threshold_px`` while the frame's own
+    single-frame fit is good. ``bump_frames`` consecutive disagreeing frames mean the camera moved:
+    the window is replaced by those frames and fusion re-converges from there. An agreeing frame
+    clears the streak, so isolated bad detections never reset a good calibration.
+
+Moving camera
+    :class:`MovingCameraFilter` gates per-frame estimates (reprojection error, and jumps that are
+    not confirmed by the next frames) and smooths them exponentially on SE(3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import se3
+from .camera import PinholeCamera
+from .pnp import FrameCorrespondences, PnPConfig, PnPError, PnPResult, reprojection_errors, solve_pnp_multiframe
+
+__all__ = ["FusionConfig", "FusionState", "StaticCameraFusion", "MovingFilterConfig", "MovingCameraFilter"]
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    max_frames: int = 300  # frames kept in the window (oldest or most redundant dropped beyond this)
+    min_frames: int = 3  # frames needed before a fused pose is reported
+    min_joint_distance: float = 0.05  # rad (L2 over joints): closer frames replace each other
+    converged_trans_std_m: float = 0.002  # converged when the 1-sigma translation uncertainty is below...
+    converged_rot_std_deg: float = 0.1  # ...and the 1-sigma rotation uncertainty is below this...
+    converged_min_frames: int = 20  # ...and at least this many diverse frames are fused
+    bump_threshold_px: float = 10.0  # RMS reprojection error under the fused pose that counts as disagreement
+    bump_frames: int = 10  # consecutive disagreeing frames that mean the camera moved
+    frame_quality_px: float = 5.0  # a frame's own single-frame RMSE must be below this to vote for a bump
+    pnp: PnPConfig = field(default_factory=PnPConfig)  # solver settings for the joint solve
+
+
+@dataclass
+class FusionState:
+    """What the fusion knows after an update."""
+
+    T_camera_base: np.ndarray | None  # (4, 4) fused pose, None until ``min_frames`` frames are in
+    covariance: np.ndarray | None  # (6, 6) left-perturbation covariance (see core.pnp)
+    num_frames: int  # diverse frames in the window
+    converged: bool
+    bumped: bool = False  # this update detected a camera bump and reset the window
+    frame_error_px: float | None = None  # this frame's RMS error under the fused pose before the update
+    segment: int = 0  # increments at every reset or bump
+
+    @property
+    def trans_std_m(self) -> float:
+        return float(np.sqrt(np.trace(self.covariance[:3, :3]))) if self.covariance is not None else float("inf")
+
+    @property
+    def rot_std_deg(self) -> float:
+        return float(np.degrees(np.sqrt(np.trace(self.covariance[3:, 3:])))) if self.covariance is not None else float("inf")
+
+
+@dataclass
+class _Frame:
+    corr: FrameCorrespondences
+    q: np.ndarray  # joint vector used for diversity
+    stamp_ns: int
+
+
+class StaticCameraFusion:
+    """Fuses frames from a static camera into one ``T_camera_base``. Not thread-safe: one caller."""
+
+    def __init__(self, camera: PinholeCamera, config: FusionConfig = FusionConfig()):
+        self.camera = camera
+        self.config = config
+        self._frames: list[_Frame] = []
+        self._pending: list[_Frame] = []  # consecutive disagreeing frames (bump candidates)
+        self._T: np.ndarray | None = None
+        self._cov: np.ndarray | None = None
+        self._segment = 0
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def num_frames(self) -> int:
+        return len(self._frames)
+
+    def state(self, **extra) -> FusionState:
+        ok = self._T is not None and len(self._frames) >= self.config.min_frames
+        st = FusionState(T_camera_base=self._T if ok else None, covariance=self._cov if ok else None,
+                         num_frames=len(self._frames), converged=False, segment=self._segment, **extra)
+        st.converged = bool(ok and len(self._frames) >= self.config.converged_min_frames
+                            and st.trans_std_m <= self.config.converged_trans_std_m
+                            and st.rot_std_deg <= self.config.converged_rot_std_deg)
+        return st
+
+    def reset(self, *, T_camera_base=None, covariance=None) -> None:
+        """Forget all frames (optionally start from a saved calibration, reported until new frames arrive)."""
+        self._frames.clear()
+        self._pending.clear()
+        self._T = None if T_camera_base is None else np.asarray(T_camera_base, dtype=np.float64)
+        self._cov = None if covariance is None else np.asarray(covariance, dtype=np.float64)
+        self._segment += 1
+
+    def set_camera(self, camera: PinholeCamera) -> bool:
+        """Change intrinsics. Returns True (and resets) if they differ from the current ones."""
+        same = (camera.width, camera.height) == (self.camera.width, self.camera.height) and np.allclose(
+            camera.K, self.camera.K) and camera.D.shape == self.camera.D.shape and np.allclose(camera.D, self.camera.D)
+        self.camera = camera
+        if not same:
+            self.reset()
+        return not same
+
+    # -- update ---------------------------------------------------------------------------------
+    def _frame_error(self, corr: FrameCorrespondences) -> float:
+        ok = np.all(np.isfinite(corr.pixels), axis=1)
+        if corr.weights is not None:
+            ok &= np.asarray(corr.weights) > self.config.pnp.min_weight
+        if ok.sum() < self.config.pnp.min_points:
+            return float("nan")
+        uv = self.camera.undistort_pixels(np.asarray(corr.pixels)[ok])
+        err = reprojection_errors(self._T, np.asarray(corr.points_base)[ok], uv, self.camera.K)
+        # median over points: one bad keypoint must not make the whole frame "disagree"
+        return float(np.sqrt(np.median(err ** 2)))
+
+    def _insert(self, frame: _Frame) -> None:
+        if self._frames:
+            d = np.array([np.linalg.norm(f.q - frame.q) if f.q.shape == frame.q.shape else np.inf for f in self._frames])
+            j = int(np.argmin(d))
+            if d[j] < self.config.min_joint_distance:
+                self._frames[j] = frame  # near-duplicate configuration: keep the newer one
+                return
+        self._frames.append(frame)
+        if len(self._frames) > self.config.max_frames:
+            self._frames.pop(0)
+
+    def _solve(self) -> None:
+        if len(self._frames) < self.config.min_frames:
+            return
+        try:
+            res = solve_pnp_multiframe([f.corr for f in self._frames], self.camera, config=self.config.pnp,
+                                       T_init=self._T if len(self._frames) > self.config.min_frames else None)
+        except PnPError:
+            if self._T is None:
+                return
+            # Starting from the current pose failed (e.g. after a bad seed): solve from scratch.
+            try:
+                res = solve_pnp_multiframe([f.corr for f in self._frames], self.camera, config=self.config.pnp)
+            except PnPError:
+                return
+        self._T, self._cov = res.pose.T_camera_base, res.pose.covariance
+        # Frames the joint solve rejects as outliers leave the window.
+        self._frames = [f for f, keep in zip(self._frames, res.frame_inliers) if keep]
+
+    def update(self, corr: FrameCorrespondences, joint_vector, *, single: PnPResult | None = None,
+               stamp_ns: int = 0) -> FusionState:
+        """Add one frame.
+
+        Args:
+            corr: the frame's keypoints (pixels, confidences) and their base-frame positions.
+            joint_vector: (J,) joint positions of the frame, for the diversity test.
+            single: the frame's own single-frame PnP result, if it had one (used to judge bumps).
+            stamp_ns: image stamp.
+        """
+        frame = _Frame(corr=corr, q=np.asarray(joint_vector, dtype=np.float64).reshape(-1), stamp_ns=stamp_ns)
+        err = None
+        if self._T is not None and len(self._frames) >= self.config.min_frames:
+            err = self._frame_error(corr)
+            good_fit = single is not None and single.rmse_px <= self.config.frame_quality_px
+            if np.isfinite(err) and err > self.config.bump_threshold_px:
+                if good_fit:
+                    self._pending.append(frame)
+                    if len(self._pending) >= self.config.bump_frames:
+                        pending = self._pending
+                        self.reset()
+                        for f in pending:
+                            self._insert(f)
+                        self._solve()
+                        return self.state(bumped=True, frame_error_px=err)
+                # A disagreeing frame (bump candidate or bad detection) never enters the window.
+                return self.state(frame_error_px=err)
+            self._pending.clear()
+        self._insert(frame)
+        self._solve()
+        return self.state(frame_error_px=err)
+
+
+# --------------------------------------------------------------------------------------------
+# Moving camera
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MovingFilterConfig:
+    max_rmse_px: float = 8.0  # per-frame estimates worse than this are dropped
+    max_jump_m: float = 0.10  # a jump larger than this from the filtered pose...
+    max_jump_deg: float = 10.0  # ...or this, is accepted only when confirmed by...
+    confirm_frames: int = 3  # ...this many consecutive consistent frames
+    alpha: float = 0.5  # exponential smoothing weight of the newest estimate (1 = no smoothing)
+
+
+class MovingCameraFilter:
+    """Per-frame estimates with an outlier gate and SE(3) exponential smoothing."""
+
+    def __init__(self, config: MovingFilterConfig = MovingFilterConfig()):
+        self.config = config
+        self._T: np.ndarray | None = None
+        self._jumps: list[np.ndarray] = []
+
+    def reset(self) -> None:
+        self._T = None
+        self._jumps.clear()
+
+    def update(self, est: PnPResult) -> np.ndarray | None:
+        """Filtered ``T_camera_base`` after this estimate, or None if nothing trustworthy yet."""
+        c = self.config
+        if est.rmse_px > c.max_rmse_px:
+            return self._T
+        T = est.T_camera_base
+        if self._T is None:
+            self._T = T.copy()
+            return self._T
+        # Compare camera poses (T_base_camera), the quantity that moves.
+        A, B = se3.invert_transform(self._T), se3.invert_transform(T)
+        if se3.translation_error(A, B) > c.max_jump_m or se3.rotation_error_deg(A, B) > c.max_jump_deg:
+            if self._jumps and (se3.translation_error(se3.invert_transform(self._jumps[-1]), B) > c.max_jump_m
+                                or se3.rotation_error_deg(se3.invert_transform(self._jumps[-1]), B) > c.max_jump_deg):
+                self._jumps.clear()  # jump candidates disagree with each other: keep waiting
+            self._jumps.append(T)
+            if len(self._jumps) < c.confirm_frames:
+                return self._T
+            self._T = T.copy()
+            self._jumps.clear()
+            return self._T
+        self._jumps.clear()
+        delta = se3.matrix_to_rvec(self._T[:3, :3].T @ T[:3, :3])
+        R = self._T[:3, :3] @ se3.rvec_to_matrix(c.alpha * delta)
+        t = (1 - c.alpha) * self._T[:3, 3] + c.alpha * T[:3, 3]
+        self._T = se3.make_transform(R, t)
+        return self._T

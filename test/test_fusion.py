@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+
+from ctrnet_ros.core import pnp, se3
+from ctrnet_ros.core.camera import PinholeCamera
+from ctrnet_ros.core.fusion import FusionConfig, MovingCameraFilter, StaticCameraFusion
+from ctrnet_ros.sim.viewpoints import ShellConfig, sample_camera_on_shell
+
+CAM = PinholeCamera.from_fov(width=640, height=480, fovy_deg=45.0)
+
+
+def camera_pose(rng):
+    return se3.invert_transform(sample_camera_on_shell(rng, [0.0, 0.0, 0.4], ShellConfig(distance_m=(1.4, 1.8),
+                                                                                          lookat_jitter_m=0.0)))
+
+
+def frame(rng, panda, spec, T, sigma=1.0):
+    while True:
+        q = panda.sample_configuration(rng, names=[f"panda_joint{i}" for i in range(1, 8)])
+        kp = panda.keypoints_base(spec, q)
+        uv = CAM.project_from(T, kp)
+        if CAM.in_image(uv, margin=5).all():
+            break
+    uv = uv + rng.normal(0.0, sigma, uv.shape)
+    corr = pnp.FrameCorrespondences(kp, uv)
+    single = pnp.solve_pnp(kp, uv, CAM)
+    return corr, np.array(list(q.values())), single
+
+
+def test_fusion_converges_below_2mm(panda, panda_spec, rng):
+    T = camera_pose(rng)
+    fusion = StaticCameraFusion(CAM)
+    states = [fusion.update(*frame(rng, panda, panda_spec, T)[:2]) for _ in range(150)]
+    assert states[0].T_camera_base is None  # nothing reported before min_frames
+    final = states[-1]
+    assert final.converged and not any(s.bumped for s in states)
+    assert se3.translation_error(final.T_camera_base, T) < 0.002
+    assert se3.rotation_error_deg(final.T_camera_base, T) < 0.1
+    assert final.trans_std_m < 0.002  # the reported uncertainty says so too
+
+
+def test_isolated_bad_frames_do_not_reset(panda, panda_spec, rng):
+    T = camera_pose(rng)
+    fusion = StaticCameraFusion(CAM)
+    for i in range(80):
+        corr, q, single = frame(rng, panda, panda_spec, T)
+        if i > 20 and i % 7 == 0:  # a badly detected frame now and then
+            corr = pnp.FrameCorrespondences(corr.points_base, corr.pixels + rng.normal(0, 40, corr.pixels.shape))
+        st = fusion.update(corr, q, single=single)
+        assert not st.bumped
+    assert se3.translation_error(st.T_camera_base, T) < 0.003
+
+
+def test_bump_is_detected_and_reconverges(panda, panda_spec, rng):
+    T1 = camera_pose(rng)
+    bump = se3.make_transform(se3.rvec_to_matrix(np.radians([0.0, 2.0, 1.0])), [0.03, -0.02, 0.01])
+    T2 = bump @ T1
+    cfg = FusionConfig(bump_frames=8)
+    fusion = StaticCameraFusion(CAM, cfg)
+    for _ in range(60):
+        fusion.update(*frame(rng, panda, panda_spec, T1)[:2])
+    bumped_at = None
+    for i in range(120):
+        corr, q, single = frame(rng, panda, panda_spec, T2)
+        st = fusion.update(corr, q, single=single)
+        if st.bumped:
+            bumped_at = i
+    assert bumped_at == cfg.bump_frames - 1
+    assert st.segment == 1
+    assert se3.translation_error(st.T_camera_base, T2) < 0.002
+    assert se3.rotation_error_deg(st.T_camera_base, T2) < 0.1
+
+
+def test_duplicate_configurations_do_not_inflate_the_window(panda, panda_spec, rng):
+    T = camera_pose(rng)
+    fusion = StaticCameraFusion(CAM)
+    corr, q, _ = frame(rng, panda, panda_spec, T)
+    for _ in range(20):
+        st = fusion.update(corr, q)
+    assert st.num_frames == 1 and st.T_camera_base is None
+
+
+def test_camera_change_resets(panda, panda_spec, rng):
+    T = camera_pose(rng)
+    fusion = StaticCameraFusion(CAM)
+    for _ in range(10):
+        fusion.update(*frame(rng, panda, panda_spec, T)[:2])
+    assert not fusion.set_camera(CAM)
+    assert fusion.set_camera(PinholeCamera.from_fov(width=640, height=480, fovy_deg=50.0))
+    assert fusion.num_frames == 0 and fusion.state().T_camera_base is None
+
+
+def test_moving_filter_gates_outliers_and_follows_confirmed_motion(panda, panda_spec, rng):
+    f = MovingCameraFilter()
+    T = camera_pose(rng)
+
+    def est(Tc, rmse=0.5):
+        return pnp.PnPResult(T_camera_base=Tc, rmse_px=rmse, inliers=np.ones(7, bool), covariance=np.eye(6),
+                             num_points=7)
+
+    assert np.allclose(f.update(est(T)), T)
+    far = se3.make_transform(np.eye(3), [0.5, 0.0, 0.0]) @ T
+    assert np.allclose(f.update(est(far)), T)  # one wild estimate is ignored
+    assert np.allclose(f.update(est(T, rmse=50.0)), T)  # a bad fit is ignored
+    for _ in range(3):
+        out = f.update(est(far))
+    assert np.allclose(out, far)  # a confirmed move is followed
