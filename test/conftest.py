@@ -1,9 +1,14 @@
 """Shared fixtures: the Panda model (loaded once per session) and seeded generators."""
 
-import numpy as np
-import pytest
+import os
 
-from ctrnet_ros.core.robot import KeypointSpec, RobotModel
+# Offscreen rendering without a display: must be set before anything imports mujoco.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ctrnet_ros.core.robot import KeypointSpec, RobotModel  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,16 @@
 """Synthetic rosbag2 writer, ground-truth YAML and the rosbags-based reader (no ROS needed).
 
-Rendering: the real ``MujocoRenderer`` is used when ``ctrnet_ros.sim.render`` imports and renders;
-otherwise :class:`KeypointSketchRenderer`, a *test fixture* that draws the projected keypoints with
-OpenCV. Either way each image is compared with a re-render at the stamp's exact joint positions.
+Renderers. MuJoCo costs ~50 ms a frame here whatever the image size (the Panda's 134k faces on
+llvmpipe), so a 10 s bag at 30 Hz alone would take 15 s. Hence:
+
+* the bulk of the tests (counts, stamps, content, determinism, storage) render with
+  :class:`KeypointSketchRenderer`, a *test fixture* that draws the projected keypoints with OpenCV;
+  the writer treats every :class:`~ctrnet_ros.sim.frame.Renderer` alike;
+* ``test_mujoco_*`` write short bags with the real ``MujocoRenderer`` and the real
+  ``smooth_joint_trajectory`` (skipped, with the reason, where MuJoCo cannot render).
+
+``CTRNET_TEST_BAG_RENDERER=mujoco`` runs the bulk tests with MuJoCo as well (about 45 s).
+Either way each image is compared with a re-render at the stamp's exact joint positions.
 """
 
 from __future__ import annotations
@@ -10,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -63,20 +70,22 @@ class KeypointSketchRenderer:
                              keypoints_uv=uv, in_image=in_image, visible=in_image.copy())
 
 
-def _mujoco_renderer(robot, spec, camera):
-    """The real renderer if ``ctrnet_ros.sim.render`` exists and renders here, else None."""
-    if os.environ.get("CTRNET_TEST_SKETCH_RENDERER"):
-        return None
+def _make_mujoco_renderer(robot, spec, camera):
+    """``(MujocoRenderer, None)`` if it builds and renders here, else ``(None, reason)``."""
     try:
         from ctrnet_ros.sim.render import MujocoRenderer
-    except ImportError:
-        return None
+    except ImportError as exc:
+        return None, f"ctrnet_ros.sim.render does not import: {exc}"
     try:
-        renderer = MujocoRenderer(robot, spec)
+        renderer = MujocoRenderer(robot, spec, max_width=camera.width, max_height=camera.height)
+    except Exception as exc:  # noqa: BLE001 - no GL here (RenderError), or mujoco missing pieces
+        return None, f"MujocoRenderer cannot start: {type(exc).__name__}: {exc}"
+    try:
         renderer.render(robot.default_positions(), se3.invert_transform(_T_BASE_CAMERA), camera)
-    except Exception:  # noqa: BLE001 - no GL here, or a constructor we do not match: use the sketch
-        return None
-    return renderer
+    except Exception as exc:  # noqa: BLE001
+        renderer.close()
+        return None, f"MujocoRenderer cannot render: {type(exc).__name__}: {exc}"
+    return renderer, None
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +102,23 @@ def T_camera_base():
 
 
 @pytest.fixture(scope="module")
-def renderer(panda, panda_spec, camera):
-    return _mujoco_renderer(panda, panda_spec, camera) or KeypointSketchRenderer(panda, panda_spec)
+def mujoco_renderer(panda, panda_spec, camera):
+    renderer, reason = _make_mujoco_renderer(panda, panda_spec, camera)
+    if renderer is None:
+        pytest.skip(reason)
+    yield renderer
+    renderer.close()
+
+
+@pytest.fixture(scope="module")
+def renderer(request, panda, panda_spec):
+    """The renderer of the bulk tests: the sketch fixture, or MuJoCo if CTRNET_TEST_BAG_RENDERER=mujoco."""
+    choice = os.environ.get("CTRNET_TEST_BAG_RENDERER", "sketch")
+    if choice == "mujoco":
+        return request.getfixturevalue("mujoco_renderer")
+    if choice != "sketch":
+        raise ValueError(f"CTRNET_TEST_BAG_RENDERER must be 'sketch' or 'mujoco', got {choice!r}")
+    return KeypointSketchRenderer(panda, panda_spec)
 
 
 class SinusoidTrajectory:
@@ -142,10 +166,6 @@ def _t_of(stamp_ns: int) -> float:
 # --------------------------------------------------------------------------------------------
 # The 10 s bag
 # --------------------------------------------------------------------------------------------
-def test_renderer_in_use_is_reported(renderer):
-    print(f"renderer under test: {type(renderer).__module__}.{type(renderer).__name__}")
-
-
 def test_message_counts_per_topic(bag10):
     summary, messages = bag10
     counts = {t: len(_by_topic(messages, t)) for t in (IMG, INFO, JOINTS)}
@@ -264,11 +284,13 @@ def test_bump_bag_has_two_segments_with_the_right_boundary(tmp_path, renderer, p
     assert n_before == 38  # images at k / 30 s for k = 0..37 precede 1.25 s
 
 
-def test_sqlite3_storage_round_trips(tmp_path, renderer, panda, camera, T_camera_base, trajectory):
-    summary = write_sim_bag(tmp_path / "db", renderer=renderer, robot=panda, camera=camera,
-                            T_camera_base=T_camera_base, q_of_t=trajectory, duration_s=0.5, storage="sqlite3",
-                            progress=False)
-    assert any(summary.bag_path.glob("*.db3"))
+@pytest.mark.parametrize("storage, compress, suffix", [("sqlite3", False, "*.db3"), ("mcap", True, "*.mcap")])
+def test_other_storage_options_round_trip(tmp_path, renderer, panda, camera, T_camera_base, trajectory, storage,
+                                          compress, suffix):
+    summary = write_sim_bag(tmp_path / "bag", renderer=renderer, robot=panda, camera=camera,
+                            T_camera_base=T_camera_base, q_of_t=trajectory, duration_s=0.5, storage=storage,
+                            compress=compress, progress=False)
+    assert any(summary.bag_path.glob(suffix))
     counts = {}
     for topic, _, _ in read_bag_messages(summary.bag_path):
         counts[topic] = counts.get(topic, 0) + 1
@@ -303,6 +325,45 @@ def test_same_seed_gives_an_identical_bag(tmp_path, renderer, panda, camera, T_c
     assert [m for t, _, m in a if t == IMG] != [m for t, _, m in c if t == IMG]  # noise follows the seed
 
 
+def test_mujoco_bump_bag_images_are_the_render_at_the_groundtruth_pose(tmp_path, mujoco_renderer, panda, camera,
+                                                                         T_camera_base):
+    from ctrnet_ros.sim.randomize import smooth_joint_trajectory
+
+    traj = smooth_joint_trajectory(panda, np.random.default_rng(5), 1.0)
+    T_bumped = T_camera_base @ se3.make_transform(se3.rvec_to_matrix([0.0, np.radians(3.0), 0.0]), [0.0, 0.02, 0])
+    summary = write_sim_bag(tmp_path / "mujoco", renderer=mujoco_renderer, robot=panda, camera=camera,
+                            T_camera_base=[(0.0, T_camera_base), (0.5, T_bumped)], q_of_t=traj,
+                            qd_of_t=traj.velocity, duration_s=1.0, progress=False)
+    gt = GroundTruth.load(summary.groundtruth_path)
+    assert [(s.start, s.end) for s in gt.segments] == [(0.0, 0.5), (0.5, math.inf)]
+    images = list(read_bag_messages(summary.bag_path, [IMG]))
+    assert len(images) == 30
+    for k in (0, 14, 15, 29):  # both ends, and the last image before / first after the bump
+        _, stamp, msg = images[k]
+        t_rel = (stamp - summary.first_stamp_ns) / 1e9
+        T_cb = se3.invert_transform(gt.segment_at(t_rel).T_parent_child)
+        frame = mujoco_renderer.render(traj(t_rel), T_cb, camera)
+        np.testing.assert_array_equal(image_msg_to_rgb(msg), frame.rgb)
+        assert frame.mask.any(), f"the robot is not in view at t = {t_rel}"
+    q = traj(images[14][1] / 1e9 - DEFAULT_START_TIME_NS / 1e9)
+    assert not np.array_equal(mujoco_renderer.render(q, T_camera_base, camera).rgb,
+                              mujoco_renderer.render(q, T_bumped, camera).rgb)
+    for _, stamp, msg in list(read_bag_messages(summary.bag_path, [JOINTS]))[::10]:
+        v = traj.velocity(_t_of(stamp))
+        np.testing.assert_array_equal(msg.velocity, [v[n] for n in msg.name])  # the analytic velocity
+
+
+def test_mujoco_same_seed_gives_an_identical_bag(tmp_path, mujoco_renderer, panda, camera, T_camera_base,
+                                                 trajectory):
+    def write(name):
+        summary = write_sim_bag(tmp_path / name, renderer=mujoco_renderer, robot=panda, camera=camera,
+                                T_camera_base=T_camera_base, q_of_t=trajectory, duration_s=0.2, seed=4,
+                                image_effects=_noise, progress=False)
+        return [(t, s, _plain(m)) for t, s, m in read_bag_messages(summary.bag_path)]
+
+    assert write("a") == write("b")
+
+
 def test_missing_trajectory_joints_take_defaults(tmp_path, renderer, panda, camera, T_camera_base, caplog):
     arm_only = lambda t: {f"panda_joint{i}": 0.1 * t for i in range(1, 8)} | {"panda_joint4": -1.5}  # noqa: E731
     summary = write_sim_bag(tmp_path / "arm", renderer=renderer, robot=panda, camera=camera,
@@ -325,6 +386,8 @@ def test_write_sim_bag_rejects_bad_arguments(tmp_path, renderer, panda, camera, 
         write_sim_bag(tmp_path / "c", T_camera_base=2 * T_camera_base, **kw)
     with pytest.raises(ValueError, match="storage"):
         write_sim_bag(tmp_path / "d", T_camera_base=T_camera_base, storage="rosbag1", **kw)
+    with pytest.raises(ValueError, match="mcap"):
+        write_sim_bag(tmp_path / "d", T_camera_base=T_camera_base, storage="sqlite3", compress=True, **kw)
     with pytest.raises(ValueError, match="uint8"):
         write_sim_bag(tmp_path / "e", T_camera_base=T_camera_base, image_effects=lambda rgb, rng: rgb / 2.0, **kw)
 

@@ -76,6 +76,7 @@ def read_bag_messages(path: str | os.PathLike, topics: Iterable[str] | None = No
     """
     with _any_reader(path) as reader:
         available = {c.topic for c in reader.connections}
+        logger.debug("reading %s: %d messages, topics %s", path, reader.message_count, sorted(available))
         if topics is None:
             connections = list(reader.connections)
         else:

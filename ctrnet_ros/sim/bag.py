@@ -246,13 +246,14 @@ class _JointSampler:
         self._defaults = robot.default_positions()
         self._q_of_t, self._qd_of_t = q_of_t, qd_of_t
         self._duration_s, self._h = duration_s, fd_step_s
-        self._warned_missing = False
+        self._warned: set[str] = set()  # kinds ("position", "velocity") already warned about
 
     def _vector(self, values: Mapping[str, float], t: float, what: str, fill: Mapping[str, float]) -> np.ndarray:
         missing = [n for n in self.names if n not in values]
-        if missing and not self._warned_missing:
-            logger.warning("trajectory gives no %s for joint(s) %s; using their default positions", what, missing)
-            self._warned_missing = True
+        if missing and what not in self._warned:
+            logger.warning("trajectory gives no %s for joint(s) %s; recording %s for them", what, missing,
+                           "their default positions" if what == "position" else "zero")
+            self._warned.add(what)
         out = np.array([float(values[n]) if n in values else float(fill[n]) for n in self.names])
         if not np.all(np.isfinite(out)):
             bad = [n for n, v in zip(self.names, out) if not math.isfinite(v)]
@@ -294,6 +295,7 @@ def write_sim_bag(
     joint_states_topic: str = DEFAULT_JOINT_STATES_TOPIC,
     camera_frame: str = DEFAULT_CAMERA_FRAME,
     storage: str = "mcap",
+    compress: bool = False,
     image_effects: ImageEffect | None = None,
     seed: int = 0,
     fd_step_s: float = 1e-4,
@@ -312,8 +314,9 @@ def write_sim_bag(
         q_of_t: trajectory time in seconds (0 to ``duration_s``) -> ``{joint: position}`` (rad / m).
             Joints it omits take the robot's default positions (with one warning).
         duration_s: length of the recording in seconds; messages lie in ``[0, duration_s)``.
-        qd_of_t: optional analytic velocities (rad/s, m/s); default: central differences of ``q_of_t``
-            with step ``fd_step_s`` (one-sided at the ends of ``[0, duration_s]``).
+        qd_of_t: optional analytic velocities (rad/s, m/s), e.g. ``traj.velocity`` of a
+            :class:`~ctrnet_ros.sim.randomize.SmoothJointTrajectory`; default: central differences of
+            ``q_of_t`` with step ``fd_step_s`` (one-sided at the ends of ``[0, duration_s]``).
         camera_hz, joint_hz: message rates, Hz.
         start_time_ns: log time (ns since the epoch) of trajectory time 0 = the first image.
         joint_stamp_offset_s: joint-state stamps lag the image grid by this much (>= 0), seconds.
@@ -322,6 +325,8 @@ def write_sim_bag(
         image_topic, camera_info_topic, joint_states_topic: topic names.
         camera_frame: ``frame_id`` of Image and CameraInfo, and the ground truth's child frame.
         storage: ``"mcap"`` or ``"sqlite3"``.
+        compress: zstd chunk compression (mcap only; ``ros2 bag`` reads it). Uncompressed 640x480 rgb8
+            at 30 Hz is 28 MB/s; a neutral MuJoCo scene compressed 40x (measured), noisy images far less.
         image_effects: optional ``(rgb, rng) -> rgb`` applied to each rendered (H, W, 3) uint8 image.
         seed: seeds the stamp jitter and the ``image_effects`` rng (independent streams).
         fd_step_s: finite-difference step for velocities, seconds.
@@ -339,6 +344,8 @@ def write_sim_bag(
         raise FileExistsError(f"{out_dir} exists; write_sim_bag creates a new bag directory and never overwrites")
     if storage not in STORAGE_PLUGINS:
         raise ValueError(f"storage must be one of {STORAGE_PLUGINS}, got {storage!r}")
+    if compress and storage != "mcap":
+        raise ValueError("compress=True needs storage='mcap' (zstd chunk compression)")
     for name, value in (("duration_s", duration_s), ("camera_hz", camera_hz), ("joint_hz", joint_hz),
                         ("fd_step_s", fd_step_s)):
         if not (math.isfinite(value) and value > 0):
@@ -380,13 +387,16 @@ def write_sim_bag(
     schedule_starts = np.array([s for s, _ in schedule])
     counts = {image_topic: 0, camera_info_topic: 0, joint_states_topic: 0}
 
-    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     logger.info("writing %s: %.2f s, %d images at %g Hz (%dx%d), %d joint states at %g Hz, %d camera segment(s)",
                 out_dir, duration_s, image_offsets.size, camera_hz, camera.width, camera.height,
                 joint_offsets.size, joint_hz, len(schedule))
-    with Writer(out_dir, version=_ROSBAG2_VERSION, storage_plugin=plugin) as writer:
+    writer = Writer(out_dir, version=_ROSBAG2_VERSION, storage_plugin=plugin)
+    if compress:
+        writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    with writer:
         writer.set_custom_data("ctrnet_ros.groundtruth", GROUNDTRUTH_FILENAME)
         writer.set_custom_data("ctrnet_ros.seed", str(seed))
         image_conn = writer.add_connection(image_topic, _IMAGE_MSGTYPE, typestore=typestore)

@@ -4,8 +4,9 @@ Three things live here, none of which touch OpenGL:
 
 * **Mesh conversion.** :func:`load_mesh_parts` turns one URDF visual mesh file (COLLADA, STL, OBJ, ...)
   into :class:`MeshPart` s, one per material colour, through trimesh (and pycollada for ``.dae``).
-  Results are cached on disk as ``.npz`` keyed by a SHA-256 of the file's bytes, the scale and the
-  converter version, so the (slow) COLLADA parse runs once per mesh file.
+  Results are cached on disk as ``.npz`` keyed by a SHA-256 of the file's bytes, the scale, the
+  fallback colour, the decimation ratio and the converter version, so the (slow) COLLADA parse runs
+  once per mesh file.
 * **Appearance.** :class:`SceneAppearance` and its parts describe everything the domain randomiser
   may change between frames (lights, colours, textures, distractors) as plain data; ``render.py``
   applies it to the compiled model, ``randomize.py`` samples it.
@@ -23,7 +24,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -45,6 +46,7 @@ __all__ = [
     "DistractorSpec",
     "SceneAppearance",
     "SceneIndex",
+    "import_mujoco",
     "default_cache_dir",
     "load_mesh_parts",
     "build_scene_model",
@@ -58,12 +60,28 @@ MESH_CONVERTER_VERSION = 1
 DISTRACTOR_SHAPES = ("box", "sphere", "capsule", "cylinder", "ellipsoid")
 #: Colour of mesh parts that define none, when the URDF gives no material either (RGBA, 0..1).
 _DEFAULT_RGBA = (0.7, 0.7, 0.7, 1.0)
+#: Room boxes, in the order of SceneIndex.wall_geoms / wall_mocap.
+_WALL_NAMES = ("wall_px", "wall_nx", "wall_py", "wall_ny", "ceiling")
 
 # MuJoCo geom groups; a render pass shows a subset of them (mjvOption.geomgroup).
 GEOM_GROUP_ROBOT = 0
 GEOM_GROUP_ROOM = 1
 GEOM_GROUP_DISTRACTOR = 2
 GEOM_GROUP_MARKER = 5
+
+
+def import_mujoco():
+    """Import and return ``mujoco`` with an offscreen OpenGL backend selected.
+
+    MuJoCo picks its GL backend from ``MUJOCO_GL`` when it is first imported; unset, it would try
+    GLFW, which needs a display. We default it to ``egl`` (works here with Mesa's llvmpipe, nothing
+    to install); set ``MUJOCO_GL=osmesa`` (``apt-get install libosmesa6``) where EGL is missing.
+    Every module of ``ctrnet_ros.sim`` imports mujoco through this function.
+    """
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import mujoco
+
+    return mujoco
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,7 +94,8 @@ class MeshPart:
     Attributes:
         vertices: (N, 3) float32, metres.
         faces: (M, 3) int32 vertex indices, counter-clockwise seen from outside.
-        normals: (N, 3) float32 unit vertex normals (from the file when it has them).
+        normals: (N, 3) float32 unit vertex normals from the file, or (0, 3) to let MuJoCo compute
+            them (after simplification).
         rgba: (4,) float64 colour in 0..1.
     """
 
@@ -101,9 +120,9 @@ def default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "ctrnet_ros_sim_cache"
 
 
-def _mesh_cache_key(path: Path, scale: Sequence[float], fallback_rgba: Sequence[float]) -> str:
+def _mesh_cache_key(path: Path, scale: Sequence[float], fallback_rgba: Sequence[float], reduction: float) -> str:
     h = hashlib.sha256()
-    h.update(f"ctrnet_ros mesh v{MESH_CONVERTER_VERSION}\n".encode())
+    h.update(f"ctrnet_ros mesh v{MESH_CONVERTER_VERSION} reduction={reduction:.6f}\n".encode())
     h.update(np.asarray(scale, dtype=np.float64).tobytes())
     h.update(np.asarray(fallback_rgba, dtype=np.float64).tobytes())
     h.update(path.read_bytes())
@@ -181,12 +200,33 @@ def _convert_mesh_file(path: Path, scale: Sequence[float], fallback_rgba: Sequen
     return parts
 
 
+def _simplify_part(part: MeshPart, reduction: float) -> MeshPart:
+    """Decimate a part by ``reduction`` (fraction of faces removed) with fast-simplification.
+
+    Corners are welded first (COLLADA stores one vertex per face corner), so the file's normals
+    are dropped and MuJoCo recomputes them.
+    """
+    import fast_simplification
+    import trimesh
+
+    mesh = trimesh.Trimesh(part.vertices.astype(np.float64), part.faces, process=False)
+    mesh.merge_vertices()
+    if len(mesh.faces) < 64:  # tiny parts (screws, logos) are not worth it
+        verts, faces = mesh.vertices, mesh.faces
+    else:
+        verts, faces = fast_simplification.simplify(mesh.vertices.astype(np.float32), mesh.faces.astype(np.int32),
+                                                    target_reduction=float(reduction))
+    return MeshPart(vertices=np.asarray(verts, dtype=np.float32), faces=np.asarray(faces, dtype=np.int32),
+                    normals=np.zeros((0, 3), dtype=np.float32), rgba=part.rgba)
+
+
 def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -194,7 +234,7 @@ def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_mesh_parts(path: str | os.PathLike, *, scale: Sequence[float] = (1.0, 1.0, 1.0),
-                    fallback_rgba: Sequence[float] | None = None,
+                    fallback_rgba: Sequence[float] | None = None, reduction: float = 0.0,
                     cache_dir: str | os.PathLike | None = None) -> list[MeshPart]:
     """One visual mesh file as :class:`MeshPart` s split by colour, converted once and cached.
 
@@ -202,12 +242,16 @@ def load_mesh_parts(path: str | os.PathLike, *, scale: Sequence[float] = (1.0, 1
         path: mesh file (anything trimesh reads; ``.dae`` needs pycollada).
         scale: (3,) URDF ``<mesh scale>``, applied in the file's frame.
         fallback_rgba: colour for parts whose file defines none (the URDF ``<material>``), 0..1.
+        reduction: fraction of triangles to remove by edge-collapse decimation (0 keeps the file's
+            mesh; 0.75 leaves a quarter, sub-millimetre changes on the Panda, about 2x faster renders).
         cache_dir: cache root (default :func:`default_cache_dir`); entries go to ``meshes/<hash>.npz``.
     """
     path = Path(path)
+    if not 0.0 <= reduction < 1.0:
+        raise ValueError(f"mesh reduction must be in [0, 1), got {reduction}")
     fallback = tuple(_DEFAULT_RGBA if fallback_rgba is None else fallback_rgba)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    entry = root / "meshes" / f"{_mesh_cache_key(path, scale, fallback)}.npz"
+    entry = root / "meshes" / f"{_mesh_cache_key(path, scale, fallback, reduction)}.npz"
     if entry.is_file():
         try:
             with np.load(entry) as z:
@@ -218,6 +262,8 @@ def load_mesh_parts(path: str | os.PathLike, *, scale: Sequence[float] = (1.0, 1
             _LOG.warning("ignoring unreadable mesh cache entry %s (%s)", entry, exc)
     _LOG.info("converting %s (cached as %s)", path, entry.name)
     parts = _convert_mesh_file(path, scale, fallback)
+    if reduction > 0.0:
+        parts = [_simplify_part(p, reduction) for p in parts]
     arrays: dict[str, np.ndarray] = {"num_parts": np.array(len(parts))}
     for i, p in enumerate(parts):
         arrays.update({f"v{i}": p.vertices, f"f{i}": p.faces, f"n{i}": p.normals, f"c{i}": p.rgba})
@@ -280,10 +326,10 @@ class SceneAppearance:
     robot_shininess: float = 0.5  # 0..1
     robot_reflectance: float = 0.0  # 0..1
     floor: SurfaceSpec | None = None  # None hides the floor
-    walls: SurfaceSpec | None = None  # None hides walls and ceiling (background is ``background_rgb``)
+    walls: SurfaceSpec | None = None  # None hides walls and ceiling (then ``background`` shows, or black)
     room_half_extent: float = 4.0  # walls stand at x, y = +-this, metres
     room_height: float = 3.0  # ceiling height above the floor, metres
-    background_rgb: np.ndarray = field(default_factory=lambda: np.zeros(3))  # (3,) 0..1 where nothing is drawn
+    background: np.ndarray | None = None  # (S, S, 3) uint8 image stretched behind everything when walls is None
     distractor_surface: SurfaceSpec | None = None  # shared texture/specular of distractors (rgba per object)
     distractors: tuple[DistractorSpec, ...] = ()  # at most SceneIndex.num_distractor_slots
 
@@ -313,13 +359,16 @@ class SceneIndex:
 
     Attributes:
         link_names: links that carry visual geometry; label ``i`` in a segmentation means ``link_names[i]``.
-        body_links: link name per mocap body, in mocap order (``model.body_mocapid``).
+        body_links: links that have a mocap body (visual links, then keypoint links without visuals).
+        link_mocap: (B,) mocap index of each of ``body_links``.
         geom_label: (ngeom,) int16: link label for robot geoms, -1 for everything else.
         robot_geoms: (G,) robot geom ids.
         robot_materials: (C,) material id per robot colour class.
         robot_base_rgba: (C, 4) the URDF's colour of each class, 0..1.
-        floor_geom, wall_geoms, room_materials, room_textures: floor/walls+ceiling ids.
-        distractor_geoms: (D,) geom ids of the distractor pool; distractor material and texture ids.
+        floor_geom, wall_geoms, wall_mocap, floor/wall material and texture: ids of the room; the
+            walls (+x, -x, +y, -y, ceiling) are boxes in mocap bodies.
+        distractor_geoms, distractor_mocap, distractor_material: (D,) ids of the distractor pool (one mocap
+            body and one material each); distractor_texture: their shared texture.
         light_ids: (L,) light slots.
         marker_geoms: (K,) one tiny sphere per keypoint (group GEOM_GROUP_MARKER, hidden by default).
         keypoint_link_label: (K,) label of the visual link each keypoint belongs to (its own link, or
@@ -332,17 +381,20 @@ class SceneIndex:
 
     link_names: list[str]
     body_links: list[str]
+    link_mocap: np.ndarray
     geom_label: np.ndarray
     robot_geoms: np.ndarray
     robot_materials: np.ndarray
     robot_base_rgba: np.ndarray
     floor_geom: int
     wall_geoms: np.ndarray
+    wall_mocap: np.ndarray
     floor_material: int
     wall_material: int
     floor_texture: int
     wall_texture: int
     distractor_geoms: np.ndarray
+    distractor_mocap: np.ndarray
     distractor_material: np.ndarray
     distractor_texture: int
     light_ids: np.ndarray
@@ -394,7 +446,7 @@ def _link_neighbours(parent_of: dict[str, str], link_names: list[str]) -> np.nda
 def build_scene_model(robot: RobotModel, spec: KeypointSpec, *, cache_dir: str | os.PathLike | None = None,
                       max_width: int = 1920, max_height: int = 1200, num_light_slots: int = 4,
                       num_distractor_slots: int = 12, texture_size: int = 256, shadow_map_size: int = 1024,
-                      marker_radius: float = 0.004):
+                      marker_radius: float = 0.004, mesh_reduction: float = 0.0):
     """Compile the MuJoCo scene for ``robot``.
 
     Args:
@@ -407,11 +459,12 @@ def build_scene_model(robot: RobotModel, spec: KeypointSpec, *, cache_dir: str |
         texture_size: side of the procedural floor/wall/distractor textures, pixels.
         shadow_map_size: shadow map resolution, pixels.
         marker_radius: radius of the keypoint marker spheres, metres.
+        mesh_reduction: fraction of robot triangles removed by decimation (see :func:`load_mesh_parts`).
 
     Returns:
         (mujoco.MjModel, SceneIndex).
     """
-    import mujoco
+    mujoco = import_mujoco()
 
     if spec.base_link != robot.base_link:
         raise ValueError(f"spec base link {spec.base_link!r} differs from model base link {robot.base_link!r}")
@@ -451,7 +504,8 @@ def build_scene_model(robot: RobotModel, spec: KeypointSpec, *, cache_dir: str |
     for vi, vm in enumerate(meshes):
         key = (str(vm.path), vm.scale, vm.rgba)
         if key not in part_cache:
-            part_cache[key] = load_mesh_parts(vm.path, scale=vm.scale, fallback_rgba=vm.rgba, cache_dir=cache_dir)
+            part_cache[key] = load_mesh_parts(vm.path, scale=vm.scale, fallback_rgba=vm.rgba, reduction=mesh_reduction,
+                                              cache_dir=cache_dir)
         t, q = se3.transform_to_translation_quat(vm.T_link_mesh)
         for pi, part in enumerate(part_cache[key]):
             cls_key = tuple(np.round(part.rgba * 255).astype(int).tolist())
@@ -461,7 +515,8 @@ def build_scene_model(robot: RobotModel, spec: KeypointSpec, *, cache_dir: str |
             mesh_name = f"m{vi}_{pi}"
             mesh = ms.add_mesh(name=mesh_name)
             mesh.uservert = part.vertices.reshape(-1).astype(np.float64).tolist()
-            mesh.usernormal = part.normals.reshape(-1).astype(np.float64).tolist()
+            if len(part.normals):
+                mesh.usernormal = part.normals.reshape(-1).astype(np.float64).tolist()
             mesh.userface = part.faces.reshape(-1).tolist()
             mesh.inertia = mujoco.mjtMeshInertia.mjMESH_INERTIA_SHELL
             gname = f"robot:{vm.link}:{vi}:{pi}"
@@ -494,15 +549,19 @@ def build_scene_model(robot: RobotModel, spec: KeypointSpec, *, cache_dir: str |
     ms.worldbody.add_geom(name="room:floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[20, 20, 0.1],
                           pos=[0, 0, floor_z], material="mat_floor", contype=0, conaffinity=0,
                           group=GEOM_GROUP_ROOM)
-    for w in ("wall_px", "wall_nx", "wall_py", "wall_ny", "ceiling"):
-        ms.worldbody.add_geom(name=f"room:{w}", type=mujoco.mjtGeom.mjGEOM_BOX, size=[1, 1, 1],
-                              material="mat_wall", contype=0, conaffinity=0, group=GEOM_GROUP_ROOM)
+    # Geoms that move at run time sit alone in a mocap body at its origin: MuJoCo does not
+    # recompute the poses of geoms attached to the world body after compilation.
+    for w in _WALL_NAMES:
+        body = ms.worldbody.add_body(name=f"room:{w}", mocap=True)
+        body.add_geom(name=f"room:{w}", type=mujoco.mjtGeom.mjGEOM_BOX, size=[1, 1, 1], material="mat_wall",
+                      contype=0, conaffinity=0, group=GEOM_GROUP_ROOM, mass=0.0)
     for d in range(num_distractor_slots):
         mat = ms.add_material(name=f"mat_distractor{d}", texuniform=False, texrepeat=[1, 1])
         mat.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = "tex_distractor"
-        ms.worldbody.add_geom(name=f"distractor:{d}", type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.05, 0.05, 0.05],
-                              pos=[0, 0, -100.0], material=f"mat_distractor{d}", contype=0, conaffinity=0,
-                              group=GEOM_GROUP_DISTRACTOR)
+        body = ms.worldbody.add_body(name=f"distractor:{d}", mocap=True, pos=[0, 0, -100.0])
+        body.add_geom(name=f"distractor:{d}", type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.05, 0.05, 0.05],
+                      material=f"mat_distractor{d}", contype=0, conaffinity=0, group=GEOM_GROUP_DISTRACTOR,
+                      mass=0.0)
     for i in range(num_light_slots):
         ms.worldbody.add_light(name=f"light{i}", pos=[0, 0, 3], dir=[0, 0, -1], active=False)
 
@@ -517,6 +576,9 @@ def build_scene_model(robot: RobotModel, spec: KeypointSpec, *, cache_dir: str |
     def tid(name: str) -> int:
         return int(mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_TEXTURE, name))
 
+    def mocap(body: str) -> int:
+        return int(model.body_mocapid[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)])
+
     geom_label = np.full(model.ngeom, -1, dtype=np.int16)
     robot_geoms = []
     for gname, link in robot_geom_names:
@@ -527,22 +589,23 @@ def build_scene_model(robot: RobotModel, spec: KeypointSpec, *, cache_dir: str |
     visual = set(link_names)
     kp_label = np.array([label_of.get(_visual_ancestor(parent_of, l, visual), -1) for l in kp_links],
                         dtype=np.int64)
-    body_order = sorted(body_links, key=lambda l: int(model.body_mocapid[
-        mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, f"link:{l}")]))
     index = SceneIndex(
         link_names=link_names,
-        body_links=body_order,
+        body_links=body_links,
+        link_mocap=np.array([mocap(f"link:{l}") for l in body_links], dtype=np.int64),
         geom_label=geom_label,
         robot_geoms=np.array(robot_geoms, dtype=np.int64),
         robot_materials=np.array([mid(f"robot_mat{c}") for c in range(len(color_classes))], dtype=np.int64),
         robot_base_rgba=np.array([np.asarray(k, dtype=np.float64) / 255.0 for k in color_classes]),
         floor_geom=gid("room:floor"),
-        wall_geoms=np.array([gid(f"room:{w}") for w in ("wall_px", "wall_nx", "wall_py", "wall_ny", "ceiling")]),
+        wall_geoms=np.array([gid(f"room:{w}") for w in _WALL_NAMES], dtype=np.int64),
+        wall_mocap=np.array([mocap(f"room:{w}") for w in _WALL_NAMES], dtype=np.int64),
         floor_material=mid("mat_floor"),
         wall_material=mid("mat_wall"),
         floor_texture=tid("tex_floor"),
         wall_texture=tid("tex_wall"),
         distractor_geoms=np.array([gid(f"distractor:{d}") for d in range(num_distractor_slots)], dtype=np.int64),
+        distractor_mocap=np.array([mocap(f"distractor:{d}") for d in range(num_distractor_slots)], dtype=np.int64),
         distractor_material=np.array([mid(f"mat_distractor{d}") for d in range(num_distractor_slots)],
                                      dtype=np.int64),
         distractor_texture=tid("tex_distractor"),
