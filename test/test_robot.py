@@ -127,3 +127,9 @@ def test_second_robot_ur5(rng):
     d_ua = P["forearm_link"][:3, 3] - P["upper_arm_link"][:3, 3]
     assert abs(d_ua @ P["upper_arm_link"][:3, 2]) == pytest.approx(0.425, abs=1e-6)
     assert len(ur5.visual_meshes()) >= 6 and all(m.path.is_file() for m in ur5.visual_meshes())
+
+
+def test_parent_link(panda):
+    assert panda.parent_link("panda_link0") is None
+    assert panda.parent_link("panda_link3") == "panda_link2"
+    assert panda.parent_link("panda_hand") == "panda_link8"

@@ -287,6 +287,12 @@ class RobotModel:
         if link not in self.link_names:
             raise UnknownLinkError(f"link {link!r} is not in the URDF (links: {', '.join(self.link_names)})")
 
+    def parent_link(self, link: str) -> str | None:
+        """The link ``link`` hangs from in the URDF tree (None for the root)."""
+        self._check_link(link)
+        j = self._parent_joint.get(link)
+        return None if j is None else j.parent
+
     def joint_limits(self, names: Iterable[str] | None = None) -> np.ndarray:
         """(J, 2) lower/upper limits (radians or metres) of ``names`` (default: :attr:`joint_names`)."""
         names = self.joint_names if names is None else list(names)

@@ -414,11 +414,8 @@ class SceneIndex:
 
 
 def _parent_links(robot: RobotModel) -> dict[str, str]:
-    """{child link: parent link} over all URDF joints.
-
-    RobotModel exposes no public tree query yet, so this reads its parsed URDF in this one place.
-    """
-    return {j.child: j.parent for j in robot._urdf.robot.joints}  # noqa: SLF001
+    """{child link: parent link} over all non-root links of the URDF."""
+    return {link: parent for link in robot.link_names if (parent := robot.parent_link(link)) is not None}
 
 
 def _visual_ancestor(parent_of: dict[str, str], link: str | None, visual: set[str]) -> str | None:
