@@ -97,3 +97,17 @@ def test_from_fov_matches_opencv_centre():
 def test_invalid_camera_info(kwargs, msg):
     with pytest.raises(CameraModelError, match=msg):
         PinholeCamera.from_camera_info_fields(**kwargs)
+
+
+def test_letterbox_keeps_aspect_and_projection(cam):
+    P = points(np.random.default_rng(5))
+    tf = cam.letterbox_transform(320, 320)  # 640x480 into a square: scale 0.5, 40 px bars top and bottom
+    assert tf.a_x == tf.a_y == 0.5
+    boxed = cam.transformed(tf)
+    np.testing.assert_allclose(boxed.project(P), tf.apply_coords(cam.project(P)), atol=1e-9)
+    assert tf.apply_coords([[-0.5, -0.5]])[0] == pytest.approx([-0.5, 39.5])
+    same = cam.letterbox_transform(320, 240)
+    assert same == cam.resize_transform(320, 240)
+    img = np.full((480, 640, 3), 255, np.uint8)
+    out = tf.apply_image(img)
+    assert out.shape == (320, 320, 3) and out[:38].max() == 0 and out[42:278].min() == 255

@@ -236,6 +236,17 @@ class PinholeCamera:
         return ImageTransform(a_x=1.0, b_x=-float(x0), a_y=1.0, b_y=-float(y0),
                               out_width=int(width), out_height=int(height))
 
+    def letterbox_transform(self, width: int, height: int) -> ImageTransform:
+        """Uniform scale that fits this image inside ``width`` x ``height``, centred, padding the rest.
+
+        Equal to :meth:`resize_transform` when the aspect ratios match (e.g. 640x480 -> 320x240).
+        """
+        s = min(width / self.width, height / self.height)
+        pad_x = (width - s * self.width) / 2.0
+        pad_y = (height - s * self.height) / 2.0
+        return ImageTransform(a_x=s, b_x=0.5 * s - 0.5 + pad_x, a_y=s, b_y=0.5 * s - 0.5 + pad_y,
+                              out_width=int(width), out_height=int(height))
+
     def resized(self, width: int, height: int) -> tuple["PinholeCamera", ImageTransform]:
         """(camera of the resized image, the transform to apply to images and pixels)."""
         tf = self.resize_transform(width, height)
