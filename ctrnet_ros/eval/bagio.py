@@ -18,7 +18,10 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..core.camera import PinholeCamera
+# Field decoders shared with the ROS node (duck-typed, so they accept rosbags messages too).
+from ..core.msgfields import (SUPPORTED_IMAGE_ENCODINGS, ImageEncodingError, camera_info_msg_to_camera,
+                              compressed_image_msg_to_rgb, image_msg_to_rgb, joint_state_msg_to_positions,
+                              stamp_to_ns)
 
 __all__ = [
     "BagReadError",
@@ -28,22 +31,16 @@ __all__ = [
     "bag_topics",
     "stamp_to_ns",
     "image_msg_to_rgb",
+    "compressed_image_msg_to_rgb",
     "camera_info_msg_to_camera",
     "joint_state_msg_to_positions",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Encodings :func:`image_msg_to_rgb` converts.
-SUPPORTED_IMAGE_ENCODINGS = ("rgb8", "bgr8", "mono8")
-
 
 class BagReadError(RuntimeError):
     """A bag that cannot be read, or a requested topic that it does not contain."""
-
-
-class ImageEncodingError(ValueError):
-    """An Image message whose encoding is unsupported or whose size fields disagree with its data."""
 
 
 def _any_reader(path: str | os.PathLike):
@@ -92,50 +89,3 @@ def read_bag_messages(path: str | os.PathLike, topics: Iterable[str] | None = No
                 raise BagReadError(f"cannot deserialize {connection.msgtype} on {connection.topic} at "
                                    f"{stamp_ns} ns: {exc}") from exc
             yield connection.topic, int(stamp_ns), msg
-
-
-def stamp_to_ns(stamp) -> int:
-    """``builtin_interfaces/Time`` (``sec``, ``nanosec``) -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def image_msg_to_rgb(msg) -> np.ndarray:
-    """A ``sensor_msgs/Image`` (rosbags message) -> (H, W, 3) uint8 RGB array (a copy).
-
-    Handles ``rgb8``, ``bgr8`` (channels swapped) and ``mono8`` (replicated to three channels),
-    including rows padded beyond ``width * channels`` bytes (``step``).
-
-    Raises:
-        ImageEncodingError: any other encoding, or ``step``/``data`` inconsistent with the size.
-    """
-    encoding = str(msg.encoding).lower()
-    if encoding not in SUPPORTED_IMAGE_ENCODINGS:
-        raise ImageEncodingError(f"unsupported image encoding {msg.encoding!r}; supported: {SUPPORTED_IMAGE_ENCODINGS}")
-    channels = 1 if encoding == "mono8" else 3
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ImageEncodingError(f"image size must be positive, got {width}x{height}")
-    if step < width * channels:
-        raise ImageEncodingError(f"image step {step} is smaller than width * channels = {width * channels}")
-    data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
-    if data.size < step * height:
-        raise ImageEncodingError(f"image data has {data.size} bytes, expected step * height = {step * height}")
-    rows = data[: step * height].reshape(height, step)[:, : width * channels]
-    if encoding == "mono8":
-        return np.repeat(rows.reshape(height, width, 1), 3, axis=2)
-    img = rows.reshape(height, width, 3)
-    return np.ascontiguousarray(img[..., ::-1]) if encoding == "bgr8" else img.copy()
-
-
-def camera_info_msg_to_camera(msg) -> PinholeCamera:
-    """A ``sensor_msgs/CameraInfo`` (rosbags message) -> :class:`PinholeCamera` (K, D, size, model)."""
-    return PinholeCamera.from_camera_info_fields(k=np.asarray(msg.k), d=np.asarray(msg.d), width=int(msg.width),
-                                                 height=int(msg.height), distortion_model=str(msg.distortion_model))
-
-
-def joint_state_msg_to_positions(msg) -> dict[str, float]:
-    """A ``sensor_msgs/JointState`` -> ``{joint name: position}`` (radians / metres)."""
-    names, positions = list(msg.name), np.asarray(msg.position, dtype=np.float64)
-    if len(names) != len(positions):
-        raise ValueError(f"JointState has {len(names)} names but {len(positions)} positions")
-    return dict(zip(names, positions.tolist()))
