@@ -5,28 +5,10 @@ import pytest
 
 from ctrnet_ros.core import se3
 from ctrnet_ros.core.camera import PinholeCamera
-from ctrnet_ros.core.estimator import CameraToRobotEstimator, Detection, EstimatorSetupError
+from ctrnet_ros.core.estimator import CameraToRobotEstimator, EstimatorSetupError
 from ctrnet_ros.sim.viewpoints import ShellConfig, sample_visible_view
 
-
-class OracleDetector:
-    """Test fixture: 'detects' the true keypoints of the scene it is told about, in its input frame."""
-
-    def __init__(self, names, input_size=(320, 240), noise_px=0.0, seed=0):
-        self.keypoint_names = list(names)
-        self.input_size = input_size
-        self.noise_px = noise_px
-        self.rng = np.random.default_rng(seed)
-        self.scene = None  # (camera, T_camera_base, keypoints_base) of the next image
-        self.confidence = None
-
-    def detect(self, image_rgb):
-        assert image_rgb.shape == (self.input_size[1], self.input_size[0], 3)
-        cam, T, kp = self.scene
-        tf = cam.letterbox_transform(*self.input_size)
-        uv = tf.apply_coords(cam.project_from(T, kp)) + self.rng.normal(0, self.noise_px, (len(kp), 2))
-        conf = np.ones(len(kp)) if self.confidence is None else self.confidence
-        return Detection(keypoints_uv=uv, confidence=conf)
+from oracle import OracleDetector
 
 
 @pytest.fixture

@@ -141,3 +141,13 @@ def test_multiframe_rejects_outlier_frames_and_beats_single_frame(panda, panda_s
 def test_multiframe_needs_frames():
     with pytest.raises(pnp.PnPError):
         pnp.solve_pnp_multiframe([], CAM)
+
+
+def test_camera_position_covariance_against_sampling(rng):
+    T = se3.make_transform(se3.rvec_to_matrix([0.3, -0.2, 0.5]), [0.2, 0.1, 1.8])
+    cov = np.diag([1e-6, 2e-6, 5e-6, 1e-6, 3e-7, 2e-6])
+    pos = []
+    for _ in range(4000):
+        d = rng.multivariate_normal(np.zeros(6), cov)
+        pos.append(se3.invert_transform(pnp.se3_exp(d) @ T)[:3, 3])
+    np.testing.assert_allclose(np.cov(np.array(pos).T), pnp.camera_position_covariance(T, cov), atol=3e-7)

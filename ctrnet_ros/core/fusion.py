@@ -2,8 +2,8 @@
 
 Static camera
     A fixed camera sees one ``T_camera_base`` while the robot moves. We keep a window of frames
-    with *diverse* joint configurations (a new frame too close in joint space to a kept one replaces
-    it instead of adding a near-duplicate) and solve one multi-frame PnP over all of them
+    with *diverse* joint configurations (a new frame too close in joint space to a kept one is
+    skipped once ``min_frames`` frames are in) and solve one multi-frame PnP over all of them
     (:func:`~ctrnet_ros.core.pnp.solve_pnp_multiframe`, started from the current estimate).
 
     Bump detection: once fused, every new frame's keypoints are also reprojected under the fused
@@ -25,7 +25,8 @@ import numpy as np
 
 from . import se3
 from .camera import PinholeCamera
-from .pnp import FrameCorrespondences, PnPConfig, PnPError, PnPResult, reprojection_errors, solve_pnp_multiframe
+from .pnp import (FrameCorrespondences, PnPConfig, PnPError, PnPResult, camera_position_covariance,
+                  reprojection_errors, solve_pnp_multiframe)
 
 __all__ = ["FusionConfig", "FusionState", "StaticCameraFusion", "MovingFilterConfig", "MovingCameraFilter"]
 
@@ -34,8 +35,8 @@ __all__ = ["FusionConfig", "FusionState", "StaticCameraFusion", "MovingFilterCon
 class FusionConfig:
     max_frames: int = 300  # frames kept in the window (oldest or most redundant dropped beyond this)
     min_frames: int = 3  # frames needed before a fused pose is reported
-    min_joint_distance: float = 0.05  # rad (L2 over joints): closer frames replace each other
-    converged_trans_std_m: float = 0.002  # converged when the 1-sigma translation uncertainty is below...
+    min_joint_distance: float = 0.05  # rad (L2 over joints): a frame this close to a kept one is skipped
+    converged_trans_std_m: float = 0.002  # converged when the 1-sigma camera-position uncertainty is below...
     converged_rot_std_deg: float = 0.1  # ...and the 1-sigma rotation uncertainty is below this...
     converged_min_frames: int = 20  # ...and at least this many diverse frames are fused
     bump_threshold_px: float = 10.0  # RMS reprojection error under the fused pose that counts as disagreement
@@ -58,10 +59,14 @@ class FusionState:
 
     @property
     def trans_std_m(self) -> float:
-        return float(np.sqrt(np.trace(self.covariance[:3, :3]))) if self.covariance is not None else float("inf")
+        """1-sigma uncertainty (RMS over axes combined) of the camera position in the base frame, metres."""
+        if self.covariance is None:
+            return float("inf")
+        return float(np.sqrt(np.trace(camera_position_covariance(self.T_camera_base, self.covariance))))
 
     @property
     def rot_std_deg(self) -> float:
+        """1-sigma rotation uncertainty (all axes combined), degrees."""
         return float(np.degrees(np.sqrt(np.trace(self.covariance[3:, 3:])))) if self.covariance is not None else float("inf")
 
 
@@ -131,8 +136,9 @@ class StaticCameraFusion:
         if self._frames:
             d = np.array([np.linalg.norm(f.q - frame.q) if f.q.shape == frame.q.shape else np.inf for f in self._frames])
             j = int(np.argmin(d))
-            if d[j] < self.config.min_joint_distance:
-                self._frames[j] = frame  # near-duplicate configuration: keep the newer one
+            if d[j] < self.config.min_joint_distance and len(self._frames) >= self.config.min_frames:
+                # A near-duplicate configuration adds little but would crowd out diverse frames. (Below
+                # min_frames it is kept, so a robot standing still still yields a calibration.)
                 return
         self._frames.append(frame)
         if len(self._frames) > self.config.max_frames:
@@ -208,6 +214,11 @@ class MovingCameraFilter:
         self.config = config
         self._T: np.ndarray | None = None
         self._jumps: list[np.ndarray] = []
+
+    @property
+    def pose(self) -> np.ndarray | None:
+        """Current filtered ``T_camera_base`` (4, 4), or None before the first accepted estimate."""
+        return self._T
 
     def reset(self) -> None:
         self._T = None

@@ -43,6 +43,7 @@ __all__ = [
     "covariance_of_inverse",
     "se3_exp",
     "adjoint",
+    "camera_position_covariance",
 ]
 
 _METHODS = {"sqpnp": cv2.SOLVEPNP_SQPNP, "iterative": cv2.SOLVEPNP_ITERATIVE}
@@ -144,6 +145,19 @@ def covariance_of_inverse(T_a_b, cov_a_b) -> np.ndarray:
     """
     A = adjoint(se3.invert_transform(T_a_b))
     return A @ np.asarray(cov_a_b) @ A.T
+
+
+def camera_position_covariance(T_camera_base, cov_camera_base) -> np.ndarray:
+    """(3, 3) covariance of the camera's position in the base frame (translation of ``T_base_camera``).
+
+    With ``T_base_camera' = Exp([rho, phi]) T_base_camera`` the position moves by ``rho - [t]x phi``,
+    so rotation uncertainty counts with the lever arm ``t`` (metres): that is the number an
+    integrator means by "translation accuracy of the calibration".
+    """
+    T_bc = se3.invert_transform(T_camera_base)
+    cov_bc = covariance_of_inverse(T_camera_base, cov_camera_base)
+    A = np.hstack([np.eye(3), -_skew(T_bc[:3, 3])])
+    return A @ cov_bc @ A.T
 
 
 # --------------------------------------------------------------------------------------------
