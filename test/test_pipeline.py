@@ -6,12 +6,12 @@ import pytest
 from ctrnet_ros.core import se3
 from ctrnet_ros.core.camera import PinholeCamera
 from ctrnet_ros.core.estimator import CameraToRobotEstimator
-from ctrnet_ros.core.pipeline import CalibrationPipeline, PipelineConfig
+from ctrnet_ros.core.pipeline import CalibrationPipeline, PipelineConfig, ReplayScheduler
 from ctrnet_ros.sim.randomize import smooth_joint_trajectory
 from ctrnet_ros.sim.recording import trajectory_bounds
 from ctrnet_ros.sim.viewpoints import ShellConfig, sample_camera_on_shell
 
-from oracle import OracleDetector
+from oracle import OracleDetector, indexed_image
 
 def position_error(T_camera_base_a, T_camera_base_b):
     """Distance between the two camera positions in the base frame, metres."""
@@ -27,26 +27,30 @@ def scene(panda, panda_spec):
     rng = np.random.default_rng(3)
     traj = smooth_joint_trajectory(panda, rng, 10.0)
     centre, radius = trajectory_bounds(panda, traj, 10.0)
-    T = se3.invert_transform(sample_camera_on_shell(rng, centre, ShellConfig(distance_m=(2.0, 2.2),
+    T = se3.invert_transform(sample_camera_on_shell(rng, centre, ShellConfig(distance_m=(1.2, 1.4),
                                                                                lookat_jitter_m=0.0)))
     return traj, T
 
 
 def run(pipeline, det, panda, spec, traj, T_of_t, duration=10.0, joints_until=None, t0=0.0):
-    """Interleave joint states (100 Hz, +3.7 ms) and images (30 Hz) in stamp order, like a bag."""
+    """Interleave joint states (100 Hz, +3.7 ms) and images (30 Hz) in stamp order, like a bag, through
+    the same ReplayScheduler that ctrnet-eval uses."""
     joint_t = np.arange(0.0037 + t0, t0 + duration, 0.01)
     if joints_until is not None:
         joint_t = joint_t[joint_t < joints_until]
     image_t = np.arange(t0, t0 + duration, 1 / 30)
     events = sorted([(t, "j") for t in joint_t] + [(t, "i") for t in image_t])
+    replay = ReplayScheduler(pipeline)
     results = []
     for t, kind in events:
         q = traj(t)
         if kind == "j":
-            pipeline.add_joint_state(int(t * NS), list(q), list(q.values()))
+            results += replay.joint_state(int(t * NS), list(q), list(q.values()))
         else:
-            det.scene = (CAM, T_of_t(t), panda.keypoints_base(spec, q))
-            results.append(pipeline.process(np.zeros((480, 640, 3), np.uint8), int(t * NS)))
+            index = len(det.scenes)
+            det.scenes[index] = (CAM, T_of_t(t), panda.keypoints_base(spec, q))
+            results += replay.image(indexed_image(index), int(t * NS))
+    results += replay.flush()
     return results
 
 
@@ -114,3 +118,19 @@ def test_moving_camera_mode_follows(panda, panda_spec, scene):
     last = [r for r in results if r.T_camera_base is not None][-1]
     assert last.source == "filtered"
     assert position_error(last.T_camera_base, T_of_t(last.stamp_ns / NS)) < 0.02
+
+
+def test_replay_waits_for_joint_states_after_the_image(panda, panda_spec, scene):
+    """An image is processed only once a joint state at/after its stamp exists (true interpolation)."""
+    traj, T = scene
+    det, pipe = make(panda, panda_spec, noise=0.0)
+    pipe.set_camera(CAM)
+    replay = ReplayScheduler(pipe)
+    q0, q1 = traj(0.0), traj(0.01)
+    assert replay.joint_state(0, list(q0), list(q0.values())) == []
+    det.scenes[0] = (CAM, T, panda.keypoints_base(panda_spec, traj(0.005)))
+    assert replay.image(indexed_image(0), int(0.005 * NS)) == []  # held: no joint state after 5 ms yet
+    out = replay.joint_state(int(0.01 * NS), list(q1), list(q1.values()))
+    assert len(out) == 1 and out[0].estimate.ok
+    # Interpolated q at 5 ms puts the keypoints where the image shows them (to interpolation accuracy).
+    assert out[0].estimate.pnp.rmse_px < 0.05

@@ -74,3 +74,15 @@ def test_history_is_bounded():
         h.add(i * 10 * MS, ["a"], [float(i)])
     assert len(h._t["a"]) <= 52
     assert h.newest_stamp_ns() == 999 * 10 * MS
+
+
+def test_covers_and_wait():
+    import threading
+
+    h = JointStateHistory()
+    h.add(0, ["a", "b"], [0.0, 0.0])
+    h.add(10 * MS, ["a"], [1.0])
+    assert h.covers(5 * MS, ["a"]) and not h.covers(5 * MS, ["a", "b"])
+    assert not h.wait_covered(5 * MS, ["b"], timeout_s=0.01)
+    threading.Timer(0.05, lambda: h.add(12 * MS, ["b"], [1.0])).start()
+    assert h.wait_covered(5 * MS, ["a", "b"], timeout_s=10.0)

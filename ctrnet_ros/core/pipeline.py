@@ -25,7 +25,7 @@ from .fusion import FusionConfig, FusionState, MovingCameraFilter, MovingFilterC
 from .pnp import FrameCorrespondences
 from .timesync import JointHistoryConfig, JointStateHistory
 
-__all__ = ["PipelineConfig", "FrameResult", "CalibrationPipeline", "MODES"]
+__all__ = ["PipelineConfig", "FrameResult", "CalibrationPipeline", "ReplayScheduler", "MODES"]
 
 MODES = ("static", "moving")
 
@@ -93,6 +93,14 @@ class CalibrationPipeline:
             self._fusion.reset()
         self._moving.reset()
 
+    def joints_cover(self, stamp_ns: int) -> bool:
+        """Joint states needed for the keypoints exist at or after ``stamp_ns`` (interpolation possible)."""
+        return self.joints.covers(stamp_ns, self.estimator.required_joints)
+
+    def wait_for_joints(self, stamp_ns: int, timeout_s: float) -> bool:
+        """Block up to ``timeout_s`` until :meth:`joints_cover` (for a live node's worker thread)."""
+        return self.joints.wait_covered(stamp_ns, self.estimator.required_joints, timeout_s)
+
     @property
     def fusion_state(self) -> FusionState | None:
         return None if self._fusion is None else self._fusion.state()
@@ -137,3 +145,53 @@ class CalibrationPipeline:
             (T, cov), source = self._saved, "saved"
         return FrameResult(stamp_ns=est.stamp_ns, estimate=est, T_camera_base=T, covariance=cov, source=source,
                            fusion=state)
+
+
+class ReplayScheduler:
+    """Feeds a pipeline recorded messages in bag order, holding each image until joint states cover it.
+
+    A live node waits (briefly) for the joint states that follow an image's stamp; in a bag they are
+    simply later in the file. So an image is processed once a joint state at or after its stamp has
+    been fed, or once it has waited ``max_wait_s`` of *recorded* time (a newer image arrived that
+    much later), or at :meth:`flush`. Then the pipeline's usual staleness rules decide.
+
+    Args:
+        pipeline: the shared :class:`CalibrationPipeline`.
+        max_wait_s: the node's ``max_joint_wait_s`` equivalent, in recorded time.
+        max_pending: bound on held images (memory); the oldest is processed when exceeded.
+    """
+
+    def __init__(self, pipeline: CalibrationPipeline, *, max_wait_s: float = 0.1, max_pending: int = 16):
+        self.pipeline = pipeline
+        self.max_wait_ns = int(max_wait_s * 1e9)
+        self.max_pending = max_pending
+        self._pending: list[tuple[int, np.ndarray]] = []
+
+    def camera_info(self, camera: PinholeCamera) -> bool:
+        return self.pipeline.set_camera(camera)
+
+    def joint_state(self, stamp_ns: int, names, positions) -> list[FrameResult]:
+        self.pipeline.add_joint_state(stamp_ns, names, positions)
+        return self._drain()
+
+    def image(self, image_rgb: np.ndarray, stamp_ns: int) -> list[FrameResult]:
+        self._pending.append((stamp_ns, image_rgb))
+        self._pending.sort(key=lambda p: p[0])
+        return self._drain(newest_ns=stamp_ns)
+
+    def flush(self) -> list[FrameResult]:
+        out = [self.pipeline.process(img, t) for t, img in self._pending]
+        self._pending.clear()
+        return out
+
+    def _drain(self, newest_ns: int | None = None) -> list[FrameResult]:
+        out = []
+        while self._pending:
+            t, img = self._pending[0]
+            waited_out = newest_ns is not None and newest_ns - t > self.max_wait_ns
+            if self.pipeline.joints_cover(t) or waited_out or len(self._pending) > self.max_pending:
+                self._pending.pop(0)
+                out.append(self.pipeline.process(img, t))
+            else:
+                break
+        return out

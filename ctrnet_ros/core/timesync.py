@@ -50,6 +50,7 @@ class JointStateHistory:
     def __init__(self, config: JointHistoryConfig = JointHistoryConfig()):
         self.config = config
         self._lock = threading.Lock()
+        self._added = threading.Condition(self._lock)  # notified on every add: waiters re-check coverage
         self._t: dict[str, list[int]] = {}
         self._q: dict[str, list[float]] = {}
         self.rejected_samples = 0  # non-finite or malformed entries dropped so far
@@ -83,6 +84,7 @@ class JointStateHistory:
                 cut = max(cut, len(ts) - self.config.max_samples_per_joint)
                 if cut > 0:
                     del ts[:cut], qs[:cut]
+            self._added.notify_all()
         return bad
 
     def clear(self) -> None:
@@ -102,6 +104,24 @@ class JointStateHistory:
             if not names:
                 return None
             return min(self._t[j][-1] for j in names)
+
+    def covers(self, stamp_ns: int, joints: Sequence[str]) -> bool:
+        """True when every joint in ``joints`` has a sample at or after ``stamp_ns`` (so it can be interpolated).
+
+        An image should wait for this before it is processed: holding the previous sample instead
+        lags the robot by up to one joint-state period, a motion-correlated error that multi-frame
+        fusion cannot average away (about 2 mm at the Panda's keypoints at 0.35 rad/s and 100 Hz).
+        """
+        with self._lock:
+            return self._covers_locked(stamp_ns, joints)
+
+    def _covers_locked(self, stamp_ns: int, joints: Sequence[str]) -> bool:
+        return all(j in self._t and self._t[j] and self._t[j][-1] >= stamp_ns for j in joints)
+
+    def wait_covered(self, stamp_ns: int, joints: Sequence[str], timeout_s: float) -> bool:
+        """Block up to ``timeout_s`` (wall clock) until :meth:`covers`; returns whether it does."""
+        with self._added:
+            return self._added.wait_for(lambda: self._covers_locked(stamp_ns, joints), timeout=timeout_s)
 
     def at(self, stamp_ns: int, joints: Sequence[str] | None = None) -> JointQuery:
         """Joint positions at ``stamp_ns`` (linear interpolation), for ``joints`` (default: all known).
