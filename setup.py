@@ -34,6 +34,9 @@ setup(
     entry_points={
         "console_scripts": [
             "ctrnet-sim = ctrnet_ros.sim.cli:main",
+            "ctrnet_node = ctrnet_ros.ros.ctrnet_node_main:main",
+            "ctrnet-play = ctrnet_ros.ros.bag_player:main",
+            "ctrnet-eval = ctrnet_ros.eval.cli:main",
         ],
     },
 )
