@@ -56,7 +56,7 @@ class CtRNetConfig:
     trunk_stride: int = 16  # output stride s of the trunk: 8, 16 or 32
     trunk_dilate: bool = True  # True: dilate the stages past s (DeepLab); False: drop them (cheaper)
     heatmap_stride: int = 4  # stride of heatmaps and mask: (H/4, W/4); trunk_stride / heatmap_stride = 2**n
-    upsample_mode: str = "deconv"  # each of the n 2x upsamplings: "deconv" (4x4/2 transposed conv) or "bilinear" (+3x3 conv)
+    upsample_mode: str = "deconv"  # each 2x upsampling: "deconv" (4x4/2 transposed conv) or "bilinear" (+ 3x3 conv)
     head_channels: int = 128  # channels of the keypoint head's upsampling and 3x3 layers
     head_convs: int = 0  # extra 3x3 conv+BN+ReLU layers at the heatmap stride, before the 1x1 to K
     mask_head: bool = True  # robot segmentation branch on/off; off -> no "mask_logits" output
@@ -92,7 +92,8 @@ class CtRNetConfig:
             raise ValueError(f"std must be > 0, got {self.std}")
         w, h = self.input_size
         if w % self.trunk_stride or h % self.trunk_stride or w <= 0 or h <= 0:
-            raise ValueError(f"input_size {self.input_size} must be positive multiples of trunk_stride={self.trunk_stride}")
+            raise ValueError(
+                f"input_size {self.input_size} must be positive multiples of trunk_stride={self.trunk_stride}")
 
     @property
     def num_upsample_layers(self) -> int:

@@ -56,7 +56,8 @@ Coords = Union[torch.Tensor, np.ndarray]
 # Probabilities are floored here before the log. Below it a cell carries no shape information:
 # float32 sigmoids (ONNX Runtime's in particular) are accurate to ~6e-8 absolute, not relative, so
 # the log of a 1e-7 neighbour is noise that would swing the parabola of a knife-edge peak. For
-# Gaussian peaks (sigma >= 0.5 cell, peak >= 0.5) every stencil cell stays far above the floor.
+# Gaussian peaks (sigma >= 1 cell, peak >= 0.5) every stencil cell stays far above the floor, border
+# stencils included.
 _PROB_FLOOR = 1e-4
 # a 3-cell stencil of the log heatmap counts as flat when |second difference| is below this
 # fraction of the sum of its |values| (a few float32 roundings), or below _TINY

@@ -44,8 +44,8 @@ METADATA_KEYS = (
     "ctrnet_ros.keypoint_convention", "ctrnet_ros.decode_method",
 )
 _INPUT_FORMAT = "float32 RGB in [0, 1], NCHW; mean/std normalisation is inside the graph"
-_KEYPOINT_CONVENTION = ("(u, v) in network-input pixels; the centre of the top-left pixel is (0, 0) "
-                        "(OpenCV); heatmap cell (i, j) is centred at input pixel ((j + 0.5) s - 0.5, (i + 0.5) s - 0.5)")
+_KEYPOINT_CONVENTION = ("(u, v) in network-input pixels; the centre of the top-left pixel is (0, 0) (OpenCV); "
+                        "heatmap cell (i, j) is centred at input pixel ((j + 0.5) s - 0.5, (i + 0.5) s - 0.5)")
 
 
 class ExportParityError(RuntimeError):
@@ -100,6 +100,8 @@ def _card(net: KeypointNet, input_size: tuple[int, int], metadata: Mapping[str, 
         "ctrnet_ros.decode_method": net.decode_method,
     }
     for key, value in (metadata or {}).items():
+        if str(key) in card:
+            raise ValueError(f"metadata key {key!r} is reserved for the model card")
         card[str(key)] = value if isinstance(value, str) else json.dumps(value)
     return card
 
@@ -179,15 +181,14 @@ def export_onnx(
             ``KeypointNet`` (used as is; ``decode_method``/``beta`` ignored).
         path: output ``.onnx`` file; parent folders are created.
         input_size: ``(W, H)`` of the exported input.
-        opset: ONNX opset (18 is what onnxruntime and TensorRT 8.6+/10 handle well).
+        opset: ONNX opset (18 is verified here with onnxruntime).
         metadata: extra model-card entries (e.g. ``{"keypoint_names": [...]}``); non-strings are JSON.
         check_parity: run onnxruntime (CPU) and torch on random images, one batch of each of
             ``parity_batch_sizes`` (which also exercises the dynamic batch axis), plus
             ``parity_images`` ``(B, 3, H, W)`` in [0, 1] if given (real images make the keypoint
             check meaningful for a trained model), and compare all outputs.
-        atol: raise :class:`ExportParityError` if keypoints with torch confidence >=
-            ``parity_min_confidence`` differ by more (input pixels), or any heatmap value does;
-            None to only report.
+        atol: raise :class:`ExportParityError` if ``parity_max_abs`` (input pixels) or any heatmap
+            value differs by more; None to only report.
         parity_min_confidence, parity_min_sharpness: keypoints whose torch confidence or
             :func:`~ctrnet_ros.net.decode.peak_sharpness` (``1/sigma^2`` of a Gaussian peak; 0.05
             admits sigma up to 4.5 heatmap cells) is below these are left out of ``parity_max_abs``:
@@ -250,7 +251,8 @@ def export_onnx(
     if check_parity:
         if report["parity_max_abs"] is None:
             logger.warning("%s: no keypoint had a confident, sharp peak on the parity images, so keypoint parity "
-                           "is unchecked (heatmap parity %.3g); pass parity_images with the robot in view", path, report["parity_max_abs_by_output"]["heatmaps"])
+                           "is unchecked (heatmap parity %.3g); pass parity_images with the robot in view",
+                           path, report["parity_max_abs_by_output"]["heatmaps"])
         if atol is not None:
             worst_heatmap = report["parity_max_abs_by_output"]["heatmaps"]
             if report["parity_max_abs"] is not None and report["parity_max_abs"] > atol:

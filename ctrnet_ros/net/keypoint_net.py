@@ -17,6 +17,10 @@ output                  shape                       meaning
 ``heatmaps``            ``(B, K, H/4, W/4)``        keypoint probabilities (sigmoid applied)
 ======================  ==========================  ==============================================
 
+``forward`` stays differentiable (the quadratic and soft-argmax decoders are made of gathers and
+arithmetic), so self-supervised training can backpropagate from keypoints through the network;
+wrap inference calls in ``torch.inference_mode()``.
+
 The output set is the same for all models so that backends need no per-model code; whether the
 mask is real is a property of the model (``KeypointNet.has_mask``, and the ``has_mask`` entry of
 the ONNX metadata), never to be guessed from the mask's values. The belief model has no mask head.
