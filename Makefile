@@ -21,7 +21,7 @@ netns = unshare -n bash -c 'ip link set lo up && exec $(1)' || \
         { rc=$$?; [ $$rc -eq 1 ] && ! unshare -n true 2>/dev/null && \
           echo "error: 'unshare -n' is not permitted here; tests that start ROS need a private network namespace (run as root or with user namespaces)" >&2; exit $$rc; }
 
-.PHONY: setup test _test_inner demo _demo_inner bench clean
+.PHONY: setup test _test_inner demo _demo_inner bench _bench_inner clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,13 @@ test: setup
 
 _test_inner:
 	$(ROS_ENV) $(PY) -m pytest -p no:cacheprovider -q -ra $(PYTEST_ARGS) test
+
+demo: setup
+	@mkdir -p $(BUILD)/ros_log
+	@$(call netns,make --no-print-directory _demo_inner)
+
+_demo_inner:
+	$(ROS_ENV) $(PY) tools/demo.py $(DEMO_ARGS)
 
 bench: setup
 	@$(call netns,make --no-print-directory _bench_inner)

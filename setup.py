@@ -34,6 +34,8 @@ setup(
     entry_points={
         "console_scripts": [
             "ctrnet-sim = ctrnet_ros.sim.cli:main",
+            "ctrnet-train = ctrnet_ros.train.cli:main",
+            "ctrnet-export = ctrnet_ros.train.export_cli:main",
             "ctrnet_node = ctrnet_ros.ros.ctrnet_node_main:main",
             "ctrnet-play = ctrnet_ros.ros.bag_player:main",
             "ctrnet-eval = ctrnet_ros.eval.cli:main",

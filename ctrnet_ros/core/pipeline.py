@@ -59,7 +59,9 @@ class CalibrationPipeline:
     """Joint history + estimator + fusion. Thread-safety: call ``add_joint_state`` from any thread, and
     ``process``/``set_camera``/``reset`` from one worker thread."""
 
-    def __init__(self, estimator: CameraToRobotEstimator, config: PipelineConfig = PipelineConfig()):
+    def __init__(self, estimator: CameraToRobotEstimator | None, config: PipelineConfig = PipelineConfig()):
+        #: may be None until a robot model and detector exist (set it before :meth:`process`); swapping
+        #: it (model reload) keeps the joint history and the fused frames
         self.estimator = estimator
         self.config = config
         self.joints = JointStateHistory(config.joints)
@@ -116,15 +118,18 @@ class CalibrationPipeline:
         query = self.joints.at(stamp_ns, required)
         problems = query.describe(required)
         positions = None if problems else query.positions
+        if problems:
+            problems = "joint states at the image stamp: " + problems
         est = self.estimator.estimate(image_rgb, self.camera, positions, stamp_ns=stamp_ns, joint_problem=problems)
         state = None
         if est.ok:
             if self.config.mode == "static":
-                conf = est.confidence
-                usable = conf >= self.config.estimator.min_confidence
+                # Only the frame's own PnP inliers enter fusion: a keypoint that disagrees with its
+                # own frame's pose is a detection error, not evidence.
+                inl = est.pnp.inliers
                 corr = FrameCorrespondences(points_base=est.keypoints_base,
-                                            pixels=np.where(usable[:, None], est.keypoints_uv, np.nan),
-                                            weights=np.where(usable, conf, 0.0))
+                                            pixels=np.where(inl[:, None], est.keypoints_uv, np.nan),
+                                            weights=np.where(inl, est.confidence, 0.0))
                 state = self._fusion.update(corr, np.array([positions[j] for j in required]), single=est.pnp,
                                             stamp_ns=stamp_ns)
             else:

@@ -368,19 +368,22 @@ def solve_pnp_multiframe(frames: Sequence[FrameCorrespondences], camera: Pinhole
     uv_und[ok] = camera.undistort_pixels(uv[ok]) if ok.any() else uv[ok]
     keep_frames = np.ones(len(frames), dtype=bool)
     T = T_init
-    frame_rmse = np.full(len(frames), np.nan)
+    frame_rmse = np.full(len(frames), np.inf)
+    solved_for = None  # the frame selection of the last solve
     for _ in range(max_rounds):
         sel = ok & keep_frames[fid]
         _check_geometry(X[sel], config)
         T, inl, H, cost = _solve(X[sel], uv_und[sel], w[sel], camera.K, config, T_init=T)
-        err = np.full(len(X), np.nan)
+        solved_for = keep_frames.copy()
+        err = np.full(len(X), np.inf)
         err[ok] = reprojection_errors(T, X[ok], uv_und[ok], camera.K)
-        for i in range(len(frames)):
-            e = err[(fid == i) & ok]
-            e = e[np.isfinite(e) & (e < config.ransac_threshold_px)] if config.ransac else e[np.isfinite(e)]
-            # A frame with most of its points outside the threshold counts as a failed frame.
-            n_ok = int(((fid == i) & ok).sum())
-            frame_rmse[i] = np.sqrt(np.mean(e ** 2)) if len(e) >= max(config.min_points, n_ok // 2 + 1) else np.inf
+        good = ok & np.isfinite(err) & ((err < config.ransac_threshold_px) if config.ransac else True)
+        n_ok = np.bincount(fid[ok], minlength=len(frames))
+        n_good = np.bincount(fid[good], minlength=len(frames))
+        sse = np.bincount(fid[good], weights=err[good] ** 2, minlength=len(frames))
+        # A frame with most of its points outside the threshold counts as a failed frame.
+        enough = n_good >= np.maximum(config.min_points, n_ok // 2 + 1)
+        frame_rmse = np.where(enough, np.sqrt(sse / np.maximum(n_good, 1)), np.inf)
         finite = frame_rmse[keep_frames & np.isfinite(frame_rmse)]
         if len(finite) == 0:
             raise PnPError("no_consistent_frames", "no frame agrees with the joint pose")
@@ -395,7 +398,8 @@ def solve_pnp_multiframe(frames: Sequence[FrameCorrespondences], camera: Pinhole
         keep_frames = new_keep
     # Final pose over the kept frames (already solved if the loop ended by convergence).
     sel = ok & keep_frames[fid]
-    T, inl, H, cost = _solve(X[sel], uv_und[sel], w[sel], camera.K, config, T_init=T)
+    if not np.array_equal(solved_for, keep_frames):
+        T, inl, H, cost = _solve(X[sel], uv_und[sel], w[sel], camera.K, config, T_init=T)
     ok_final = sel.copy()
     pose = _finish(T, inl, ok_final, H, cost, w[sel][inl], config)
     return MultiFramePnPResult(pose=pose, frame_inliers=keep_frames, frame_rmse_px=frame_rmse)

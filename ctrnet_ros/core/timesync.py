@@ -39,9 +39,13 @@ class JointQuery:
     problems: dict[str, str] = field(default_factory=dict)  # joint -> why it could not be
 
     def describe(self, joints: Sequence[str] | None = None) -> str:
-        """Human-readable summary of the problems for ``joints`` (default: all)."""
-        items = [(j, p) for j, p in self.problems.items() if joints is None or j in joints]
-        return "; ".join(f"{j}: {p}" for j, p in items)
+        """Human-readable summary of the problems for ``joints`` (default: all); joints sharing a
+        problem are named together."""
+        grouped: dict[str, list[str]] = {}
+        for j, p in self.problems.items():
+            if joints is None or j in joints:
+                grouped.setdefault(p, []).append(j)
+        return "; ".join(f"{', '.join(js)}: {p}" for p, js in grouped.items())
 
 
 class JointStateHistory:
@@ -54,6 +58,7 @@ class JointStateHistory:
         self._t: dict[str, list[int]] = {}
         self._q: dict[str, list[float]] = {}
         self.rejected_samples = 0  # non-finite or malformed entries dropped so far
+        self.rejected_by_joint: dict[str, int] = {}  # joint -> non-finite positions received (for diagnostics)
 
     def add(self, stamp_ns: int, names: Sequence[str], positions: Sequence[float]) -> list[str]:
         """Record one JointState message. Returns the names whose values were rejected (NaN/inf).
@@ -71,6 +76,7 @@ class JointStateHistory:
                 if not math.isfinite(pos):
                     bad.append(name)
                     self.rejected_samples += 1
+                    self.rejected_by_joint[name] = self.rejected_by_joint.get(name, 0) + 1
                     continue
                 ts, qs = self._t.setdefault(name, []), self._q.setdefault(name, [])
                 i = bisect.bisect_right(ts, stamp_ns)
@@ -135,7 +141,8 @@ class JointStateHistory:
             for name in names:
                 ts = self._t.get(name)
                 if not ts:
-                    out.problems[name] = "never received"
+                    nan = self.rejected_by_joint.get(name, 0)
+                    out.problems[name] = f"only NaN/inf positions received ({nan})" if nan else "never received"
                     continue
                 qs = self._q[name]
                 i = bisect.bisect_left(ts, stamp_ns)

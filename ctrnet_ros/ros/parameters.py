@@ -1,0 +1,290 @@
+"""The calibration node's parameters: one table of declarations, read into a frozen :class:`NodeConfig`.
+
+Every parameter gets a :class:`~rcl_interfaces.msg.ParameterDescriptor` with a description and, for
+numbers, a range (rclpy then refuses out-of-range values itself). :func:`declare_and_read` declares
+them all, collects *every* problem (wrong type, out of range, unknown choice, inconsistent
+combination, missing file) and raises one :class:`ParameterValidationError` that lists them, so a
+misconfigured launch fails at start-up with a message that says what to change.
+
+Only the model parameters (``model``, ``backend``, ``device``, ``providers``) may change at run time
+(the node reloads the model, keeping the old one if the new one fails); all others are read-only.
+``config/ctrnet.yaml`` lists every parameter with its default; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
+                              ParameterException)
+
+from ..core.fusion import FusionConfig, MovingFilterConfig
+from ..core.timesync import JointHistoryConfig
+
+__all__ = ["ParamSpec", "PARAMETERS", "RUNTIME_PARAMETERS", "NodeConfig", "ParameterValidationError",
+           "declare_and_read", "default_camera_info_topic", "MODES", "BACKENDS"]
+
+MODES = ("static", "moving")
+BACKENDS = ("auto", "onnxruntime", "torch")
+#: parameters that may be changed while the node runs (they trigger a model reload)
+RUNTIME_PARAMETERS = ("model", "backend", "device", "providers")
+
+
+class ParameterValidationError(ValueError):
+    """One or more parameters are invalid; the message lists each problem on its own line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid parameters:\n  - " + "\n  - ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any  # also fixes the type: str, bool, int or float
+    description: str
+    range: tuple[float, float] | None = None  # inclusive bounds for numbers
+    choices: tuple[str, ...] | None = None  # allowed values for strings
+
+    def descriptor(self) -> ParameterDescriptor:
+        d = ParameterDescriptor(name=self.name, description=self.description,
+                                read_only=self.name not in RUNTIME_PARAMETERS)
+        if self.range is not None:
+            lo, hi = self.range
+            if isinstance(self.default, bool):
+                raise TypeError(f"{self.name}: a bool parameter has no range")
+            if isinstance(self.default, int):
+                d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+            else:
+                d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+        if self.choices:
+            d.additional_constraints = "one of: " + ", ".join(self.choices)
+        return d
+
+
+_F, _M = FusionConfig(), MovingFilterConfig()
+_J = JointHistoryConfig()
+
+#: Every parameter of the node, in the order of ``config/ctrnet.yaml``.
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # -- model ----------------------------------------------------------------------------------
+    ParamSpec("model", "", "Keypoint model: an ONNX file or a torch checkpoint (path). Required. Changing it at "
+                           "run time reloads the model; the previous one is kept if loading fails."),
+    ParamSpec("backend", "auto", "Inference backend: auto (by file type), onnxruntime or torch.", choices=BACKENDS),
+    ParamSpec("device", "cpu", "Device: cpu, cuda or cuda:N (torch device; onnxruntime picks CUDA/TensorRT "
+                               "providers for cuda)."),
+    ParamSpec("providers", "", "onnxruntime execution providers, comma-separated, in priority order (empty: "
+                               "automatic, TensorRT -> CUDA -> CPU as available)."),
+    # -- robot ----------------------------------------------------------------------------------
+    ParamSpec("robot", "panda", "Robot keypoint config: a built-in name (config/robots/<name>.yaml) or a path "
+                                "to such a YAML file."),
+    ParamSpec("robot_description", "", "URDF XML of the robot. Empty: use the latched /robot_description topic "
+                                       "(robot_state_publisher), else the keypoint config's default URDF."),
+    # -- topics ---------------------------------------------------------------------------------
+    ParamSpec("image_topic", "/camera/color/image_raw", "sensor_msgs/Image topic of the colour camera (raw, "
+                                                        "distorted image)."),
+    ParamSpec("camera_info_topic", "", "sensor_msgs/CameraInfo topic. Empty: camera_info beside the image topic "
+                                       "(image_transport convention)."),
+    ParamSpec("joint_states_topic", "/joint_states", "sensor_msgs/JointState topic."),
+    ParamSpec("compressed", False, "Subscribe to sensor_msgs/CompressedImage on <image_topic>/compressed instead "
+                                   "of the raw image."),
+    # -- frames and TF --------------------------------------------------------------------------
+    ParamSpec("base_frame", "", "TF parent frame: the robot base. Empty: the keypoint config's base link."),
+    ParamSpec("camera_frame", "", "TF child frame: the camera optical frame. Empty: the image's header.frame_id."),
+    ParamSpec("publish_inverse", False, "Publish camera_frame -> base_frame instead of base_frame -> camera_frame "
+                                        "(for TF trees where the camera already has a parent)."),
+    ParamSpec("mode", "static", "static: a fixed camera, frames are fused into one calibration. moving: a camera "
+                                "that moves relative to the base (e.g. on a mobile base), per-frame estimates "
+                                "are gated and smoothed.", choices=MODES),
+    ParamSpec("static_when_converged", True, "In static mode, publish on /tf_static once converged (and stop "
+                                             "publishing on /tf); otherwise always on /tf."),
+    ParamSpec("tf_static_update_m", 0.0005, "Once on /tf_static, re-send when the fused translation moved by more "
+                                            "than this (metres).", range=(0.0, 1.0)),
+    ParamSpec("tf_static_update_deg", 0.05, "...or the fused rotation by more than this (degrees).",
+              range=(0.0, 180.0)),
+    # -- joint states ---------------------------------------------------------------------------
+    ParamSpec("max_joint_extrapolation_s", _J.max_extrapolation_s, "An image newer than the newest joint sample "
+              "by more than this (seconds) is rejected as stale.", range=(0.0, 1.0)),
+    ParamSpec("joint_wait_s", 0.05, "When an image is newer than the newest joint sample, wait up to this long "
+              "(seconds) for joint states to catch up before judging them stale (they travel separately).",
+              range=(0.0, 1.0)),
+    ParamSpec("max_joint_gap_s", _J.max_gap_s, "Never interpolate joint positions across a gap between samples "
+              "longer than this (seconds).", range=(0.001, 10.0)),
+    ParamSpec("joint_history_s", _J.history_s, "Joint-state history kept (seconds): how late an image may arrive.",
+              range=(0.1, 60.0)),
+    # -- per-frame estimate ---------------------------------------------------------------------
+    ParamSpec("min_confidence", 0.3, "Keypoints below this confidence count as not detected.", range=(0.0, 1.0)),
+    ParamSpec("max_rmse_px", 8.0, "Frames whose PnP RMS reprojection error exceeds this (pixels) are rejected.",
+              range=(0.01, 1000.0)),
+    # -- calibration files ----------------------------------------------------------------------
+    ParamSpec("calibration_file", "", "A calibration YAML written by ~/save, loaded at start-up as the starting "
+                                      "calibration (published until new frames are fused). Empty: none."),
+    ParamSpec("save_directory", "", "Folder where ~/save writes ctrnet_calibration.yaml and "
+                                    "ctrnet_static_tf.launch.py (created if missing). Empty: ~/save refuses."),
+    ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages (seconds, steady clock).",
+              range=(0.05, 60.0)),
+    # -- static-camera fusion -------------------------------------------------------------------
+    ParamSpec("fusion.max_frames", _F.max_frames, "Diverse frames kept in the fusion window.", range=(3, 100000)),
+    ParamSpec("fusion.min_frames", _F.min_frames, "Frames needed before a fused pose is published.",
+              range=(1, 1000)),
+    ParamSpec("fusion.min_joint_distance", _F.min_joint_distance, "Frames closer than this in joint space (rad, L2) "
+              "replace each other instead of adding a near-duplicate.", range=(0.0, 100.0)),
+    ParamSpec("fusion.converged_trans_std_m", _F.converged_trans_std_m, "Converged when the 1-sigma translation "
+              "uncertainty is below this (metres)...", range=(0.0, 10.0)),
+    ParamSpec("fusion.converged_rot_std_deg", _F.converged_rot_std_deg, "...and the 1-sigma rotation uncertainty "
+              "is below this (degrees)...", range=(0.0, 180.0)),
+    ParamSpec("fusion.converged_min_frames", _F.converged_min_frames, "...and at least this many diverse frames "
+              "are fused.", range=(1, 100000)),
+    ParamSpec("fusion.bump_threshold_px", _F.bump_threshold_px, "RMS reprojection error of a new frame under the "
+              "fused pose that counts as disagreement (pixels).", range=(0.1, 10000.0)),
+    ParamSpec("fusion.bump_frames", _F.bump_frames, "Consecutive disagreeing frames that mean the camera moved "
+              "(the fusion then restarts from them).", range=(1, 10000)),
+    ParamSpec("fusion.frame_quality_px", _F.frame_quality_px, "A frame's own RMS error must be below this (pixels) "
+              "for it to vote for a bump.", range=(0.01, 1000.0)),
+    # -- moving-camera filter -------------------------------------------------------------------
+    ParamSpec("moving.alpha", _M.alpha, "Exponential smoothing weight of the newest estimate (1: no smoothing).",
+              range=(0.01, 1.0)),
+    ParamSpec("moving.max_jump_m", _M.max_jump_m, "A jump larger than this (metres)...", range=(0.0, 100.0)),
+    ParamSpec("moving.max_jump_deg", _M.max_jump_deg, "...or this (degrees) is accepted only when confirmed...",
+              range=(0.0, 180.0)),
+    ParamSpec("moving.confirm_frames", _M.confirm_frames, "...by this many consecutive consistent frames.",
+              range=(1, 1000)),
+)
+
+
+def default_camera_info_topic(image_topic: str) -> str:
+    """``/ns/image_raw`` -> ``/ns/camera_info`` (image_transport's convention)."""
+    head = image_topic.rstrip("/").rpartition("/")[0]
+    return f"{head}/camera_info" if head else "camera_info"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Validated parameter values (see :data:`PARAMETERS` for the meaning of each)."""
+
+    model: str
+    backend: str
+    device: str
+    providers: tuple[str, ...]
+    robot: str
+    robot_description: str
+    image_topic: str
+    camera_info_topic: str  # resolved (never empty)
+    joint_states_topic: str
+    compressed: bool
+    base_frame: str  # may be empty: the keypoint spec's base link
+    camera_frame: str  # may be empty: the image's frame_id
+    publish_inverse: bool
+    mode: str
+    static_when_converged: bool
+    tf_static_update_m: float
+    tf_static_update_deg: float
+    joint_history: JointHistoryConfig
+    joint_wait_s: float
+    min_confidence: float
+    max_rmse_px: float
+    calibration_file: str
+    save_directory: str
+    diagnostics_period_s: float
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    moving: MovingFilterConfig = field(default_factory=MovingFilterConfig)
+
+    @property
+    def subscribed_image_topic(self) -> str:
+        return self.image_topic.rstrip("/") + "/compressed" if self.compressed else self.image_topic
+
+
+def _type_hint(spec: ParamSpec) -> str:
+    if isinstance(spec.default, bool):
+        return "true or false"
+    if isinstance(spec.default, int):
+        return "an integer"
+    if isinstance(spec.default, float):
+        return "a floating-point number (write whole values with a decimal point, e.g. 1.0 rather than 1)"
+    return "a string"
+
+
+def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
+    """Declare every parameter of :data:`PARAMETERS` on ``node`` and return the validated values.
+
+    Args:
+        node: an ``rclpy.node.Node`` (parameter overrides from the command line or launch apply).
+        model_required: False when a detector is injected (tests): ``model`` may then be empty.
+    Raises:
+        ParameterValidationError: listing every problem found.
+    """
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for spec in PARAMETERS:
+        try:
+            values[spec.name] = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+        except InvalidParameterTypeException as exc:
+            problems.append(f"{spec.name}: must be {_type_hint(spec)} ({str(exc).rsplit(':', 1)[0]})")
+        except InvalidParameterValueException as exc:
+            lo, hi = spec.range if spec.range else (None, None)
+            problems.append(f"{spec.name}: out of range [{lo}, {hi}] ({exc})")
+        except ParameterException as exc:
+            problems.append(f"{spec.name}: {exc}")
+    for spec in PARAMETERS:
+        v = values.get(spec.name)
+        if spec.choices and v is not None and v not in spec.choices:
+            problems.append(f"{spec.name}: {v!r} is not one of {', '.join(spec.choices)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            problems.append(f"{spec.name}: must be finite, got {v}")
+    if problems:
+        raise ParameterValidationError(problems)
+
+    v = values
+    # -- consistency and files ------------------------------------------------------------------
+    if model_required and not v["model"]:
+        problems.append("model: not set; give the keypoint model file, e.g. -p model:=models/panda_ctrnet.onnx")
+    elif v["model"] and not os.path.isfile(v["model"]):
+        problems.append(f"model: file {v['model']!r} does not exist (working directory {os.getcwd()})")
+    if v["calibration_file"] and not os.path.isfile(v["calibration_file"]):
+        problems.append(f"calibration_file: file {v['calibration_file']!r} does not exist")
+    if v["save_directory"] and os.path.exists(v["save_directory"]) and not os.path.isdir(v["save_directory"]):
+        problems.append(f"save_directory: {v['save_directory']!r} exists and is not a folder")
+    for name in ("image_topic", "joint_states_topic"):
+        if not v[name].strip():
+            problems.append(f"{name}: must not be empty")
+    if v["base_frame"] and v["base_frame"] == v["camera_frame"]:
+        problems.append(f"base_frame and camera_frame are both {v['base_frame']!r}")
+    for name in ("base_frame", "camera_frame"):
+        if v[name].startswith("/"):
+            problems.append(f"{name}: TF frame ids must not start with '/' (got {v[name]!r})")
+    if v["fusion.converged_min_frames"] < v["fusion.min_frames"]:
+        problems.append(f"fusion.converged_min_frames ({v['fusion.converged_min_frames']}) must be >= "
+                        f"fusion.min_frames ({v['fusion.min_frames']})")
+    if v["fusion.max_frames"] < v["fusion.converged_min_frames"]:
+        problems.append(f"fusion.max_frames ({v['fusion.max_frames']}) must be >= fusion.converged_min_frames "
+                        f"({v['fusion.converged_min_frames']}), or the fusion can never converge")
+    if problems:
+        raise ParameterValidationError(problems)
+
+    fusion = FusionConfig(
+        max_frames=v["fusion.max_frames"], min_frames=v["fusion.min_frames"],
+        min_joint_distance=v["fusion.min_joint_distance"], converged_trans_std_m=v["fusion.converged_trans_std_m"],
+        converged_rot_std_deg=v["fusion.converged_rot_std_deg"],
+        converged_min_frames=v["fusion.converged_min_frames"], bump_threshold_px=v["fusion.bump_threshold_px"],
+        bump_frames=v["fusion.bump_frames"], frame_quality_px=v["fusion.frame_quality_px"])
+    moving = MovingFilterConfig(max_rmse_px=v["max_rmse_px"], max_jump_m=v["moving.max_jump_m"],
+                                max_jump_deg=v["moving.max_jump_deg"], confirm_frames=v["moving.confirm_frames"],
+                                alpha=v["moving.alpha"])
+    history = JointHistoryConfig(max_extrapolation_s=v["max_joint_extrapolation_s"], max_gap_s=v["max_joint_gap_s"],
+                                 history_s=v["joint_history_s"])
+    return NodeConfig(
+        model=v["model"], backend=v["backend"], device=v["device"],
+        providers=tuple(p.strip() for p in v["providers"].split(",") if p.strip()),
+        robot=v["robot"], robot_description=v["robot_description"], image_topic=v["image_topic"],
+        camera_info_topic=v["camera_info_topic"] or default_camera_info_topic(v["image_topic"]),
+        joint_states_topic=v["joint_states_topic"], compressed=v["compressed"], base_frame=v["base_frame"],
+        camera_frame=v["camera_frame"], publish_inverse=v["publish_inverse"], mode=v["mode"],
+        static_when_converged=v["static_when_converged"], tf_static_update_m=v["tf_static_update_m"],
+        tf_static_update_deg=v["tf_static_update_deg"], joint_history=history, joint_wait_s=v["joint_wait_s"],
+        min_confidence=v["min_confidence"],
+        max_rmse_px=v["max_rmse_px"], calibration_file=v["calibration_file"], save_directory=v["save_directory"],
+        diagnostics_period_s=v["diagnostics_period_s"], fusion=fusion, moving=moving)
