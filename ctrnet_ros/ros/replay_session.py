@@ -78,8 +78,13 @@ def network_is_private() -> bool:
 
 
 def ensure_sim_bag(path: str | os.PathLike, *, duration_s: float = 10.0, seed: int = 1, width: int = 640,
-                   height: int = 480, domain: str = "train", progress: bool = True) -> Path:
-    """Reuse the sim bag at ``path`` if complete, else record it (:func:`~ctrnet_ros.sim.recording.record_sim_bag`)."""
+                   height: int = 480, domain: str = "train", distance_m: tuple[float, float] | None = (1.1, 1.5),
+                   progress: bool = True) -> Path:
+    """Reuse the sim bag at ``path`` if complete, else record it (:func:`~ctrnet_ros.sim.recording.record_sim_bag`).
+
+    ``distance_m`` places the camera the way a fixed calibration camera usually is (1.1-1.5 m from the
+    robot's sweep) rather than anywhere in the preset's 0.8-2.5 m.
+    """
     from ..sim.bag import GROUNDTRUTH_FILENAME
 
     path = Path(path)
@@ -91,7 +96,7 @@ def ensure_sim_bag(path: str | os.PathLike, *, duration_s: float = 10.0, seed: i
         shutil.rmtree(path)  # an interrupted recording: start over
     path.parent.mkdir(parents=True, exist_ok=True)
     record_sim_bag(path, domain=domain, duration_s=duration_s, seed=seed, width=width, height=height,
-                   progress=progress)
+                   domain_overrides={"distance_m": tuple(distance_m)} if distance_m else None, progress=progress)
     return path
 
 

@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--bump-at", type=float, default=None, help="knock the camera at this time (s): two segments")
     bg.add_argument("--bump-translation", type=float, default=0.03, help="bump displacement, metres")
     bg.add_argument("--bump-rotation", type=float, default=2.0, help="bump rotation, degrees")
+    bg.add_argument("--distance", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                    help="camera distance range in metres (overrides the preset's)")
     bg.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     bg.add_argument("--compress", action="store_true", help="zstd chunk compression (mcap only)")
     return parser
@@ -170,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = record_sim_bag(args.out, domain=args.domain, duration_s=args.duration, seed=args.seed,
                                  width=args.width, height=args.height, robot=args.robot, camera_hz=args.camera_hz,
                                  joint_hz=args.joint_hz, bump=bump, storage=args.storage, compress=args.compress,
-                                 cache_dir=args.cache_dir)
+                                 cache_dir=args.cache_dir,
+                                 domain_overrides={"distance_m": tuple(args.distance)} if args.distance else None)
         print(f"bag: {summary.bag_path}")
         print(f"ground truth: {summary.groundtruth_path} ({len(summary.groundtruth.segments)} segment(s))")
         for topic, n in summary.message_counts.items():

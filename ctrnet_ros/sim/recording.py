@@ -7,6 +7,7 @@ recording (one room, one set of lights), and per-frame image effects (noise, blu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -54,13 +55,20 @@ def record_sim_bag(out_dir: str | os.PathLike, *, domain: str = "train", duratio
                    width: int = 640, height: int = 480, robot: str = "panda", camera_hz: float = 30.0,
                    joint_hz: float = 100.0, bump: BumpSpec | None = None, storage: str = "mcap",
                    compress: bool = False, cache_dir: str | os.PathLike | None = None,
-                   progress: bool = True) -> BagSummary:
+                   domain_overrides: dict | None = None, progress: bool = True) -> BagSummary:
     """Render and record a simulated rosbag with ground truth (see :func:`~ctrnet_ros.sim.bag.write_sim_bag`).
 
     Deterministic per ``seed``. The robot moves along a smooth random trajectory; the camera is static,
-    placed by the domain preset so that the robot's whole sweep stays in view, and optionally bumped.
+    placed by the domain preset so that the robot's whole sweep stays in view (within the preset's
+    distance range), and optionally bumped.
+
+    Args:
+        domain_overrides: replace preset fields, e.g. ``{"distance_m": (1.1, 1.5)}`` for a camera mounted
+            the way a calibration camera usually is (the ``train`` preset spans 0.8-2.5 m).
     """
     cfg = load_domain(domain)
+    if domain_overrides:
+        cfg = dataclasses.replace(cfg, **domain_overrides)
     renderer = MujocoRenderer.for_robot(robot, cache_dir=cache_dir)
     rng_traj, rng_scene, rng_bump = np.random.default_rng([seed, 0xBA6]).spawn(3)
     traj = smooth_joint_trajectory(renderer.robot, rng_traj, duration_s)
