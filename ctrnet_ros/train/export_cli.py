@@ -1,0 +1,265 @@
+"""``ctrnet-export``: a training checkpoint -> single-file ONNX model + model card YAML.
+
+Example::
+
+    ctrnet-export --checkpoint runs/cpu_small/best.pt --out models/panda_ctrnet.onnx --val data/sim_val_640
+
+writes ``models/panda_ctrnet.onnx`` (via :func:`ctrnet_ros.net.export.export_onnx`: named inputs
+and outputs, dynamic batch, opset 18, weights inside, ``keypoint_names`` / ``robot`` / training
+summary in its metadata, ONNX Runtime vs torch parity check) and ``models/panda_ctrnet.yaml``, the
+model card: architecture, parameters, input size and normalisation, keypoint names in order,
+training data and duration, validation metrics, parity error, file size, intended use.
+
+With ``--val`` the exported ONNX file itself is validated through ``load_detector`` +
+``CameraToRobotEstimator`` (as ``ctrnet-train validate`` does); otherwise the card reports the
+validation metrics stored in the checkpoint at training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+__all__ = ["ExportError", "export_checkpoint", "main", "MAX_MODEL_BYTES"]
+
+logger = logging.getLogger("ctrnet_export")
+
+#: Shipped models must stay below this (package size; the issue's limit).
+MAX_MODEL_BYTES = 30 * 1000 * 1000
+
+INTENDED_USE = (
+    "Keypoint detection of the robot named under keypoints.robot in RGB images, for markerless "
+    "camera-to-robot calibration with ctrnet_ros (CameraToRobotEstimator: letterbox into the input size, "
+    "decode keypoints, robust PnP with the joint states at the image stamp). Start-up model for the node and "
+    "initialisation for self-supervised refinement on the target camera.")
+LIMITATIONS = (
+    "Trained only on synthetic images (MuJoCo renders with domain randomisation); accuracy on real images is "
+    "lower until the model is refined on them. Expect failures when fewer than four keypoints are visible, under "
+    "heavy occlusion, with grippers or tools not seen in training, robot colours far from the URDF's, and at "
+    "image scales outside the training range (robot height roughly 20-90 % of the image). The confidence is the "
+    "heatmap peak probability, not a calibrated error estimate. Validation figures are on simulated data.")
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported (unreadable, incomplete, too large, failed parity)."""
+
+
+def _plain(value: Any) -> Any:
+    """YAML-friendly copy: tuples -> lists, numpy scalars -> Python, floats rounded to 6 significant digits."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if not math.isfinite(value) else float(f"{value:.6g}")
+    return value
+
+
+def _parity_images(dirs: Sequence[str], input_size: tuple[int, int], heatmap_stride: int, count: int):
+    """Up to ``count`` letterboxed frames (B, 3, H, W) from the first readable dataset in ``dirs``, or None."""
+    from ..sim.dataset import DatasetError
+    from .data import KeypointTrainDataset, open_datasets
+
+    for d in dirs:
+        if not d or not Path(d, "index.json").is_file():
+            continue
+        try:
+            ds = KeypointTrainDataset(open_datasets([d], allow_incomplete=True), input_size=input_size,
+                                      heatmap_stride=heatmap_stride, sigma=1.0, augment=None, max_frames=count)
+        except DatasetError:
+            continue
+        return torch.stack([ds[i]["image"] for i in range(len(ds))]), d
+    return None, None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _training_summary(extra: dict[str, Any]) -> dict[str, Any]:
+    cfg = extra.get("train_config") or {}
+    seconds = float(extra.get("train_seconds", float("nan")))
+    return {
+        "preset": cfg.get("preset"),
+        "data": extra.get("data"),
+        "steps": extra.get("step"),
+        "total_steps": extra.get("total_steps"),
+        "epochs": extra.get("epoch"),
+        "images_seen": extra.get("images_seen"),
+        "batch_size": cfg.get("batch_size"),
+        "wall_clock_s": seconds,
+        "wall_clock_h": seconds / 3600.0 if math.isfinite(seconds) else None,
+        "hardware": extra.get("hardware"),
+        "torch_version": extra.get("torch_version"),
+        "seed": cfg.get("seed"),
+        "config": cfg,
+    }
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, val: str | None = None,
+                      val_frames: int = 0, robot: str | None = None, opset: int = 18, atol: float = 1e-3,
+                      parity_frames: int = 8, max_bytes: int = MAX_MODEL_BYTES, progress: bool = True) -> dict:
+    """Export ``checkpoint`` to ``out`` (.onnx) and write the model card beside it (.yaml); returns the card.
+
+    Args:
+        val: dataset to validate the exported ONNX file on (through the estimator); None: use the
+            checkpoint's stored validation metrics.
+        val_frames: validate on the first N frames (0 = all).
+        robot: robot name for the card when the checkpoint does not store one.
+        atol: parity tolerance (input pixels for confident keypoints, probability for heatmaps).
+        parity_frames: real frames (from ``val`` or the training data, if present) added to the
+            parity check, so that keypoint parity is tested on confident peaks.
+        max_bytes: refuse (and delete) an ONNX file larger than this.
+
+    Raises:
+        ExportError: with a message saying what is wrong.
+    """
+    from ..net.export import ExportParityError, export_onnx
+    from ..net.registry import ModelFileError, load_checkpoint
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ExportError(f"--out must name a .onnx file, got {out}")
+    try:
+        model, config, extra = load_checkpoint(checkpoint)
+    except ModelFileError as exc:
+        raise ExportError(f"cannot export {checkpoint}: {exc}") from exc
+    if "keypoint_names" not in extra:
+        raise ExportError(f"{checkpoint} has no keypoint_names entry; it was not written by ctrnet-train")
+    names = [str(n) for n in extra["keypoint_names"]]
+    if len(names) != model.num_keypoints:
+        raise ExportError(f"{checkpoint}: {len(names)} keypoint names for a {model.num_keypoints}-keypoint model")
+    input_size = tuple(int(v) for v in extra.get("input_size", config.input_size))
+    decode_method = str(extra.get("decode_method", "quadratic"))
+    robot = str(extra.get("robot") or robot or "unknown")
+    training = _training_summary(extra)
+    weight_bytes = 4 * sum(p.numel() for p in model.parameters())  # float32 weights: a lower bound of the file
+    if weight_bytes > max_bytes:
+        raise ExportError(f"{checkpoint}: {weight_bytes / 1e6:.1f} MB of float32 weights alone are over the "
+                          f"{max_bytes / 1e6:.0f} MB limit; export a smaller architecture")
+
+    candidates = [val] if val else []
+    candidates += [(extra.get("val_data") or {}).get("dir")] + [d.get("dir") for d in extra.get("data") or []]
+    parity_images, parity_source = _parity_images(candidates, input_size, model.heatmap_stride, parity_frames)
+    metadata = {"keypoint_names": names, "robot": robot,
+                "training": json.dumps(_plain({k: v for k, v in training.items() if k != "config"}))}
+    try:
+        report = export_onnx(model, out, input_size, opset=opset, decode_method=decode_method, metadata=metadata,
+                             atol=atol, parity_images=parity_images)
+    except ExportParityError as exc:
+        raise ExportError(f"parity check failed: {exc}") from exc
+    if report["file_bytes"] > max_bytes:
+        out.unlink(missing_ok=True)
+        raise ExportError(f"{out} would be {report['file_bytes'] / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB "
+                          f"limit; export a smaller architecture")
+
+    if val:
+        from .validate import validate_model
+
+        metrics = validate_model(out, val, max_frames=val_frames, progress=progress)
+        validation = {"source": "ctrnet-export --val: this ONNX file through load_detector + "
+                                "CameraToRobotEstimator at the camera's full resolution",
+                      "data": metrics.pop("data"), "metrics": {k: v for k, v in metrics.items()
+                                                                if k not in ("model", "model_input_size")}}
+    else:
+        stored = extra.get("best_metrics") or extra.get("val_metrics") or {}
+        validation = {"source": "stored in the checkpoint (training-time validation: torch, batched, same "
+                                "keypoint decoding and PnP gating as the estimator)" if stored else
+                                "none (no --val and no validation in the checkpoint)",
+                      "data": extra.get("val_data"), "metrics": stored}
+
+    mean = list(getattr(config, "mean", ()))
+    std = list(getattr(config, "std", ()))
+    card = {
+        "model": {"name": out.stem, "file": out.name, "format": "ONNX, single file (weights inside)",
+                  "opset": report["opset"], "exporter": report["exporter"], "file_bytes": report["file_bytes"],
+                  "file_mb": report["file_bytes"] / 1e6, "max_mb": max_bytes / 1e6, "sha256": _sha256(out),
+                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "source_checkpoint": str(checkpoint)},
+        "architecture": {"arch": str(extra.get("train_config", {}).get("arch") or getattr(model, "arch", "")),
+                         "parameters": int(sum(p.numel() for p in model.parameters())),
+                         "heatmap_stride": int(model.heatmap_stride), "has_mask": bool(report["has_mask"]),
+                         "decode_method": decode_method, "config": dataclasses.asdict(config)},
+        "input": {"name": report["input_name"], "size_wh": list(input_size), "dynamic_batch": report["dynamic_batch"],
+                  "format": "float32 RGB in [0, 1], NCHW",
+                  "normalisation": {"mean": mean, "std": std, "applied": "inside the graph"},
+                  "preprocessing": "letterbox the camera image into size_wh (PinholeCamera.letterbox_transform; "
+                                   "a plain resize when the aspect ratio matches) and map keypoints back with "
+                                   "the inverse transform, as CameraToRobotEstimator does"},
+        "outputs": {"keypoints": "(B, K, 2) (u, v) network-input pixels, OpenCV pixel-centre convention",
+                    "confidence": "(B, K) heatmap peak probability in [0, 1]",
+                    "mask": "(B, 1, H/s, W/s) robot probability" + ("" if report["has_mask"] else " (all zeros)"),
+                    "heatmaps": "(B, K, H/s, W/s) keypoint probabilities"},
+        "keypoints": {"robot": robot, "names": names},
+        "training": training,
+        "validation": validation,
+        "parity": {"keypoints_max_abs_px": report["parity_max_abs"], "by_output": report["parity_max_abs_by_output"],
+                   "keypoints_checked": report["parity_keypoints_checked"],
+                   "keypoints_total": report["parity_keypoints_total"], "batch_sizes": report["parity_batch_sizes"],
+                   "real_images_from": parity_source, "atol": atol},
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+    }
+    card = _plain(card)
+    card_path = out.with_suffix(".yaml")
+    card_path.write_text("# Model card written by ctrnet-export; see ctrnet_ros/train/export_cli.py\n"
+                         + yaml.safe_dump(card, sort_keys=False, width=110), encoding="utf-8")
+    logger.info("wrote %s (%.1f MB, keypoint parity %s px) and %s", out, report["file_bytes"] / 1e6,
+                report["parity_max_abs"], card_path)
+    return card
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctrnet-export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="checkpoint written by ctrnet-train (best.pt)")
+    p.add_argument("--out", required=True, metavar="ONNX", help="output .onnx; the card goes beside it as .yaml")
+    p.add_argument("--val", default=None, metavar="DIR", help="validate the exported model on this dataset")
+    p.add_argument("--val-frames", type=int, default=0, metavar="N", help="first N validation frames (0: all)")
+    p.add_argument("--robot", default=None, help="robot name for the card if the checkpoint has none")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--atol", type=float, default=1e-3, help="parity tolerance (px for keypoints)")
+    p.add_argument("--max-mb", type=float, default=MAX_MODEL_BYTES / 1e6, help="refuse larger models")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        card = export_checkpoint(args.checkpoint, args.out, val=args.val, val_frames=args.val_frames,
+                                 robot=args.robot, opset=args.opset, atol=args.atol,
+                                 max_bytes=int(args.max_mb * 1e6), progress=not args.quiet)
+    except ExportError as exc:
+        logger.error("%s", exc)
+        return 1
+    m = card["validation"]["metrics"]
+    if m:
+        logger.info("validation: %s", ", ".join(f"{k} {v}" for k, v in m.items() if not isinstance(v, dict)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
