@@ -2,8 +2,8 @@
 
 Accuracy is the in-process oracle test's business (test_ros_node.py); here the point is the process
 boundary: start-up from the command line, a real model file, topics and TF across processes, and a
-clean exit on SIGINT. The model comes from ``test/fixtures`` (a tiny exported model); without one,
-the TF test skips. `make test` runs this inside a private network namespace.
+clean exit on SIGINT. The model is a tiny random-weight checkpoint the test makes itself.
+`make test` runs this inside a private network namespace.
 """
 
 from __future__ import annotations
@@ -17,15 +17,19 @@ pytest.importorskip("rclpy")
 pytestmark = pytest.mark.skipif(os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST",
                                 reason="run through `make test` (loopback-only ROS discovery in a private netns)")
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+def _tiny_model(folder: Path) -> Path:
+    """A random-weight checkpoint with the Panda's keypoint names: made in milliseconds, loads on the torch
+    backend, and exercises the real model-loading path of the node (its detections are meaningless)."""
+    torch = pytest.importorskip("torch")
+    from ctrnet_ros.core.robot import KeypointSpec
+    from ctrnet_ros.net.registry import build_model, save_checkpoint
 
-
-def _fixture_model() -> Path | None:
-    for pattern in ("*.onnx", "*.pt", "*.pth"):
-        found = sorted(FIXTURES.glob(pattern)) if FIXTURES.is_dir() else []
-        if found:
-            return found[0]
-    return None
+    torch.manual_seed(0)
+    model, config = build_model("ctrnet_slim", input_size=(64, 48), trunk_width=8, head_channels=16, mask_channels=8)
+    path = folder / "tiny.pt"
+    save_checkpoint(path, model, config, {"keypoint_names": KeypointSpec.builtin("panda").names,
+                                          "input_size": [64, 48]})
+    return path
 
 
 @pytest.fixture
@@ -45,10 +49,8 @@ def small_bag(tmp_path_factory):
 
 
 def test_node_subprocess_publishes_tf_at_image_stamps(request, tmp_path, isolated_env):
-    model = _fixture_model()
-    if model is None:
-        pytest.skip(f"no test model in {FIXTURES} (*.onnx / *.pt)")
     pytest.importorskip("ctrnet_ros.inference")
+    model = _tiny_model(tmp_path)
     small_bag = request.getfixturevalue("small_bag")  # recorded only when there is a model to test
     from ctrnet_ros.ros.calibration_file import SavedCalibration, save_calibration
     from ctrnet_ros.ros.replay_session import ReplaySession
