@@ -456,3 +456,12 @@ def test_onnx_decoder_parity_and_pixel_convention_on_gaussian_peaks(tmp_path):
     with torch.no_grad():
         keypoints = net(images)["keypoints"]
     assert (keypoints - uv).abs().max() < 0.1
+
+
+def test_checkpoint_refuses_str_subclasses(tmp_path):
+    """torch.__version__ is a str subclass: it passed the plain-data check, saved, and then failed to load."""
+    model, config = build_model("ctrnet_slim", **TINY_CTRNET)
+    with pytest.raises(TypeError, match="plain"):
+        save_checkpoint(tmp_path / "x.pt", model, config, {"torch": torch.__version__})
+    save_checkpoint(tmp_path / "y.pt", model, config, {"torch": str(torch.__version__)})
+    assert load_checkpoint(tmp_path / "y.pt")[2]["torch"] == str(torch.__version__)

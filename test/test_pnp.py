@@ -37,11 +37,19 @@ def test_noise_and_gross_outlier(panda, panda_spec, rng):
 def test_coplanar_configuration_q3_q5_zero(panda, panda_spec, rng):
     """q3 = q5 = 0 puts the 7 Panda keypoints in one plane: EPnP breaks, SQPnP must be exact."""
     epnp_worst = 0.0
-    for _ in range(10):
+    solved = 0
+    while solved < 10:
         q = panda.sample_configuration(rng) | {"panda_joint3": 0.0, "panda_joint5": 0.0}
         _, T, kp, uv = sample_visible_view(rng, panda, panda_spec, CAM, SHELL, q=q)
         centred = kp - kp.mean(axis=0)
         assert np.linalg.svd(centred, compute_uv=False)[2] < 1e-9  # really coplanar
+        if np.linalg.svd(uv - uv.mean(axis=0), compute_uv=False)[1] / np.sqrt(7) < 0.5:
+            # The camera lies (almost) in the keypoints' plane: the image points are collinear and the
+            # pose is unobservable under any noise. Refused with a reason, not solved.
+            with pytest.raises(pnp.PnPError, match="collinear"):
+                pnp.solve_pnp(kp, uv, CAM)
+            continue
+        solved += 1
         for method in ("sqpnp", "iterative"):
             res = pnp.solve_pnp(kp, uv, CAM, config=pnp.PnPConfig(method=method))
             assert se3.rotation_error_deg(res.T_camera_base, T) < 1e-4, method
@@ -151,3 +159,24 @@ def test_camera_position_covariance_against_sampling(rng):
         d = rng.multivariate_normal(np.zeros(6), cov)
         pos.append(se3.invert_transform(pnp.se3_exp(d) @ T)[:3, 3])
     np.testing.assert_allclose(np.cov(np.array(pos).T), pnp.camera_position_covariance(T, cov), atol=3e-7)
+
+
+def test_opencv_failures_become_pnp_errors():
+    """Keypoints bunched at one spot (a weak detector) made OpenCV assert inside RANSAC; that must be a PnPError."""
+    X = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.33], [0.11, -0.03, 0.63], [0.1, -0.11, 0.62], [0.13, -0.44, 0.84],
+                  [0.2, -0.48, 0.8], [0.22, -0.4, 0.74]])
+    uv = np.array([[305.39, 286.19], [307.35, 236.91], [301.13, 107.42], [299.88, 109.95], [299.99, 109.52],
+                   [300.06, 109.24], [299.47, 110.72]])
+    cam = PinholeCamera(K=np.array([[451.33, 0.0, 330.68], [0.0, 443.47, 245.01], [0.0, 0.0, 1.0]]), width=640,
+                        height=480)
+    w = np.array([0.55, 0.47, 0.72, 0.68, 0.68, 0.69, 0.58])
+    try:
+        res = pnp.solve_pnp(X, uv, cam, weights=w)
+    except pnp.PnPError as exc:
+        assert exc.reason
+    else:  # if a solver copes, the result must at least be a valid pose
+        assert np.all(np.isfinite(res.T_camera_base))
+    same = np.tile(uv[:1], (7, 1)) + np.random.default_rng(0).normal(0, 0.01, (7, 2))
+    with pytest.raises(pnp.PnPError) as e:
+        pnp.solve_pnp(X, same, cam)
+    assert e.value.reason == "degenerate_geometry"

@@ -249,9 +249,14 @@ def _usable(points_base, pixels, weights, cfg: PnPConfig):
     return X, uv, w, ok
 
 
-def _check_geometry(X: np.ndarray, cfg: PnPConfig) -> None:
+def _check_geometry(X: np.ndarray, cfg: PnPConfig, uv: np.ndarray | None = None) -> None:
     if len(X) < cfg.min_points:
         raise PnPError("too_few_points", f"only {len(X)} usable points; PnP needs at least {cfg.min_points}")
+    if uv is not None:
+        su = np.linalg.svd(uv - uv.mean(axis=0), compute_uv=False) / np.sqrt(len(uv))
+        if su[1] < 0.5:
+            raise PnPError("degenerate_geometry", f"detected keypoints are (nearly) collinear or coincident in the "
+                           f"image (spread {su[1]:.2f} px across their main direction)")
     s = np.linalg.svd(X - X.mean(axis=0), compute_uv=False) / np.sqrt(len(X))
     if s[1] < cfg.min_spread_m:
         raise PnPError("degenerate_geometry",
@@ -267,17 +272,23 @@ def _solve(X, uv_undist, w, K, cfg: PnPConfig, T_init=None):
         err = reprojection_errors(T0, X, uv_undist, K)
         inl = err < cfg.ransac_threshold_px if cfg.ransac else np.isfinite(err)
     elif cfg.ransac and len(X) > cfg.min_points:
-        ok, rvec, tvec, idx = cv2.solvePnPRansac(
-            X.reshape(-1, 1, 3), uv_undist.reshape(-1, 1, 2), K, None, flags=flags,
-            reprojectionError=cfg.ransac_threshold_px, confidence=cfg.ransac_confidence,
-            iterationsCount=cfg.ransac_iterations)
+        try:
+            ok, rvec, tvec, idx = cv2.solvePnPRansac(
+                X.reshape(-1, 1, 3), uv_undist.reshape(-1, 1, 2), K, None, flags=flags,
+                reprojectionError=cfg.ransac_threshold_px, confidence=cfg.ransac_confidence,
+                iterationsCount=cfg.ransac_iterations)
+        except cv2.error as exc:  # OpenCV asserts on degenerate samples (e.g. coincident image points)
+            raise PnPError("solver_failed", f"OpenCV PnP failed on these keypoints: {exc.err or exc}") from exc
         if not ok or idx is None:
             raise PnPError("ransac_failed", "RANSAC found no pose consistent with enough keypoints")
         T0 = se3.transform_from_rvec_tvec(rvec.ravel(), tvec.ravel())
         # Re-derive inliers from the pose so the mask matches our own error definition.
         inl = reprojection_errors(T0, X, uv_undist, K) < cfg.ransac_threshold_px
     else:
-        ok, rvec, tvec = cv2.solvePnP(X.reshape(-1, 1, 3), uv_undist.reshape(-1, 1, 2), K, None, flags=flags)
+        try:
+            ok, rvec, tvec = cv2.solvePnP(X.reshape(-1, 1, 3), uv_undist.reshape(-1, 1, 2), K, None, flags=flags)
+        except cv2.error as exc:
+            raise PnPError("solver_failed", f"OpenCV PnP failed on these keypoints: {exc.err or exc}") from exc
         if not ok:
             raise PnPError("solver_failed", "OpenCV PnP returned no solution")
         T0 = se3.transform_from_rvec_tvec(rvec.ravel(), tvec.ravel())
@@ -337,6 +348,7 @@ def solve_pnp(points_base, pixels, camera: PinholeCamera, *, weights=None, confi
     Xu = X[ok]
     _check_geometry(Xu, config)
     uvu = camera.undistort_pixels(uv[ok])
+    _check_geometry(Xu, config, uvu)
     T, inl, H, cost = _solve(Xu, uvu, w[ok], camera.K, config, T_init=T_init)
     return _finish(T, inl, ok, H, cost, w[ok][inl], config)
 

@@ -126,15 +126,16 @@ def build_model(name: str, **overrides) -> tuple[nn.Module, ModelConfig]:
 
 def _check_plain(value: Any, where: str) -> None:
     """Raise TypeError unless ``value`` is made of types that ``torch.load(weights_only=True)`` reads back."""
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+    # Exact types: subclasses such as torch.__version__ (a str subclass) pass isinstance but fail to load.
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
         return
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         for i, v in enumerate(value):
             _check_plain(v, f"{where}[{i}]")
         return
-    if isinstance(value, dict):
+    if type(value) is dict:
         for k, v in value.items():
-            if not isinstance(k, (str, int)):
+            if type(k) not in (str, int):
                 raise TypeError(f"{where}: dict key {k!r} is not str/int")
             _check_plain(v, f"{where}[{k!r}]")
         return
