@@ -371,11 +371,17 @@ def solve_pnp_multiframe(frames: Sequence[FrameCorrespondences], camera: Pinhole
     """
     if len(frames) == 0:
         raise PnPError("no_frames", "multi-frame PnP needs at least one frame")
-    Xs, uvs, ws, oks, fid = [], [], [], [], []
-    for i, f in enumerate(frames):
-        X, uv, w, ok = _usable(f.points_base, f.pixels, f.weights, config)
-        Xs.append(X), uvs.append(uv), ws.append(w), oks.append(ok), fid.append(np.full(len(X), i))
-    X, uv, w, ok, fid = (np.concatenate(a) for a in (Xs, uvs, ws, oks, fid))
+    # Stack once, then validate all points in one vectorised pass (this runs on every fusion update).
+    Xs = [np.asarray(f.points_base, dtype=np.float64).reshape(-1, 3) for f in frames]
+    uvs = [np.asarray(f.pixels, dtype=np.float64).reshape(-1, 2) for f in frames]
+    ws = [np.ones(len(x)) if f.weights is None else np.asarray(f.weights, dtype=np.float64).reshape(-1)
+          for f, x in zip(frames, Xs)]
+    for i, (x, u, wi) in enumerate(zip(Xs, uvs, ws)):
+        if not len(x) == len(u) == len(wi):
+            raise ValueError(f"frame {i}: points_base ({len(x)}), pixels ({len(u)}) and weights ({len(wi)}) "
+                             f"differ in length")
+    fid = np.repeat(np.arange(len(frames)), [len(x) for x in Xs])
+    X, uv, w, ok = _usable(np.concatenate(Xs), np.concatenate(uvs), np.concatenate(ws), config)
     uv_und = np.full_like(uv, np.nan)
     uv_und[ok] = camera.undistort_pixels(uv[ok]) if ok.any() else uv[ok]
     keep_frames = np.ones(len(frames), dtype=bool)
