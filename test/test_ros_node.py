@@ -327,10 +327,25 @@ def test_tf_converges_and_goes_static(make_rig, tmp_path):
     n_tf = len(rig.tf_for(rig.tf))
     rig.feed(5)
     assert len(rig.tf_for(rig.tf)) == n_tf, "nothing on /tf once the calibration is on /tf_static"
-    diag = wait_for(lambda: [s for s in rig.my_diagnostics() if dict((v.key, v.value) for v in s.values)
-                             .get("converged") == "true"], "diagnostics reporting convergence")[-1]
+    def converged_diags():
+        return [s for s in rig.my_diagnostics() if {v.key: v.value for v in s.values}.get("converged") == "true"]
+
+    wait_for(converged_diags, "diagnostics reporting convergence")
+    # A loaded machine can stall this test for over a second between frames; the node then rightly
+    # reports "no images ... for N s" (WARN). Any other non-OK level is a failure. Keep images flowing
+    # until a status taken while they flow arrives, and check that one.
+    for _ in range(10):
+        ok = [s for s in converged_diags() if s.level == DiagnosticStatus.OK]
+        if ok:
+            break
+        rig.feed(1)
+        time.sleep(0.25)
+    for s in converged_diags():
+        assert s.level == DiagnosticStatus.OK or s.message.startswith("no images"), (s.level, s.message)
+    assert ok, "no OK diagnostic while converged and fed"
+    diag = ok[-1]
     kv = {v.key: v.value for v in diag.values}
-    assert diag.level == DiagnosticStatus.OK and diag.message.startswith("converged")
+    assert diag.message.startswith("converged")
     assert int(kv["fused frames"]) >= 20 and float(kv["translation std [mm]"]) < 2.0
     assert kv["published on"] == "/tf_static" and kv["dropped frames"] == "0"
 
