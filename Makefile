@@ -9,6 +9,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctrnet-setup-stamp
 BUILD := $(CURDIR)/build
+# make test TESTS="test/test_x.py" PYTEST_ARGS="-k name -x" runs a subset
+TESTS ?= test
 REQS := requirements/torch.txt requirements/ros.txt requirements/base.txt requirements/build-interfaces.txt
 
 # ROS isolation for anything that may start rclpy: loopback-only discovery, a per-run domain id,
@@ -45,7 +47,7 @@ test: setup
 	@$(call netns,make --no-print-directory _test_inner)
 
 _test_inner:
-	$(ROS_ENV) $(PY) -m pytest -p no:cacheprovider -q -ra $(PYTEST_ARGS) test
+	$(ROS_ENV) $(PY) -m pytest -p no:cacheprovider -q -ra $(PYTEST_ARGS) $(TESTS)
 
 demo: setup
 	@mkdir -p $(BUILD)/ros_log
