@@ -11,6 +11,12 @@ Examples::
 
     # the node's pipeline (load_detector + CameraToRobotEstimator) on a dataset
     ctrnet-train validate --model models/panda_ctrnet.onnx --data data/sim_val_640 --out runs/val
+
+    # self-supervised refresh on images collected from the target camera (ctrnet-collect / collector_node)
+    ctrnet-train refresh --data data/collected --init runs/cpu_small/best.pt --out runs/refresh \\
+        --export models/panda_ctrnet_refreshed.onnx
+    # ... on several GPUs (one process per GPU, DistributedDataParallel)
+    torchrun --nproc_per_node 4 -m ctrnet_ros.train.cli refresh --data ... --init ... --device cuda
 """
 
 from __future__ import annotations
@@ -109,6 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op / torch threads (0: default)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    r = sub.add_parser("refresh", help="self-supervised refresh on unlabeled collected images (CtRNet stage 2)")
+    r.add_argument("--data", required=True, metavar="DIR", help="collection written by ctrnet-collect / collector_node")
+    r.add_argument("--init", required=True, metavar="PT", help="pretrained checkpoint (ctrnet-train best.pt)")
+    r.add_argument("--out", default="runs/refresh", metavar="DIR", help="run directory (default: runs/refresh)")
+    r.add_argument("--export", default=None, metavar="ONNX",
+                   help="export the refreshed model here (ONNX + model card), ready for the node's ~/reload")
+    r.add_argument("--steps", type=int, default=None)
+    r.add_argument("--batch-size", type=int, default=None)
+    r.add_argument("--lr", type=float, default=None)
+    r.add_argument("--robot", default=None, help="keypoint spec (default: the checkpoint's robot)")
+    r.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (under torchrun: one GPU per process)")
+    r.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    r.add_argument("--workers", type=int, default=None, help="image-loading worker processes")
+    r.add_argument("--val", default=None, metavar="DIR",
+                   help="labelled ctrnet-sim dataset, logged for monitoring only (never used for training)")
+    r.add_argument("--val-every", type=int, default=None, metavar="N")
+    r.add_argument("--val-frames", type=int, default=None, metavar="N")
+    r.add_argument("--time-limit", type=float, default=None, metavar="MIN")
+    r.add_argument("--resume", action="store_true", help="continue <out>/last.pt")
+    r.add_argument("--set", dest="set_fields", type=_override, nargs="+", default=None, metavar="FIELD=VALUE",
+                   help="any other RefreshConfig field, e.g. w_mask_refine=0.2 render_scale=0.5")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
     sub.add_parser("presets", help="print the training presets as JSON")
     return parser
 
@@ -181,6 +210,49 @@ def _validate(args) -> int:
     return 0
 
 
+_REFRESH_OPTIONS = {"data": "data", "init": "init", "out": "out_dir", "steps": "steps", "batch_size": "batch_size",
+                    "lr": "lr", "robot": "robot", "device": "device", "threads": "threads", "workers": "num_workers",
+                    "val": "val", "val_every": "val_every", "val_frames": "val_max_frames",
+                    "time_limit": "time_limit_min"}
+
+
+def _refresh(args) -> int:
+    from .refresh import RefreshConfig, RefreshError, refresh
+
+    changes = {f: getattr(args, o) for o, f in _REFRESH_OPTIONS.items() if getattr(args, o) is not None}
+    changes.update(dict(args.set_fields or []))
+    try:
+        config = RefreshConfig().replace(**changes)
+    except TypeError as exc:
+        logger.error("invalid refresh configuration: %s", exc)
+        return 2
+    try:
+        summary = refresh(config, resume=args.resume, progress=not args.quiet)
+    except RefreshError as exc:
+        logger.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if summary.get("rank", 0) != 0:
+        return 0
+    logger.info("refresh: %d/%d steps in %.1f min -> %s; loss curves %s", summary["step"], summary["steps"],
+                summary["train_seconds"] / 60, summary["refreshed"], summary["curves"])
+    if args.export and not summary["stopped_early"]:
+        from .export_cli import ExportError, export_checkpoint
+
+        try:
+            card = export_checkpoint(summary["refreshed"], args.export, progress=not args.quiet)
+        except ExportError as exc:
+            logger.error("export: %s", exc)
+            return 1
+        summary["export"] = args.export
+        summary["export_mb"] = card["model"]["file_mb"]
+    elif args.export:
+        logger.info("not finished (time limit): re-run with --resume to finish before exporting")
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("val_metrics", "problems")}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -188,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _pretrain(args)
     if args.command == "validate":
         return _validate(args)
+    if args.command == "refresh":
+        return _refresh(args)
     print(json.dumps({name: config_to_dict(c) for name, c in PRESETS.items()}, indent=2))
     return 0
 

@@ -221,6 +221,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
     }
+    if extra.get("refresh"):  # a self-supervised refresh on top of the pretraining above
+        card["refresh"] = extra["refresh"]
     card = _plain(card)
     card_path = out.with_suffix(".yaml")
     card_path.write_text("# Model card written by ctrnet-export; see ctrnet_ros/train/export_cli.py\n"
