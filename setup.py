@@ -39,6 +39,8 @@ setup(
             "ctrnet_node = ctrnet_ros.ros.ctrnet_node_main:main",
             "ctrnet-play = ctrnet_ros.ros.bag_player:main",
             "ctrnet-eval = ctrnet_ros.eval.cli:main",
+            "ctrnet-collect = ctrnet_ros.collect.cli:main",
+            "collector_node = ctrnet_ros.ros.collector_node_main:main",
         ],
     },
 )

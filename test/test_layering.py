@@ -1,4 +1,4 @@
-"""The core, models, training, sim and eval never import rclpy or ROS message packages."""
+"""The core, models, training, sim, eval and collect never import rclpy or ROS message packages."""
 
 import ast
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "ctrnet_ros"
-ROS_FREE = ["core", "net", "inference", "sim", "train", "eval"]
+ROS_FREE = ["core", "net", "inference", "sim", "train", "eval", "collect"]
 FORBIDDEN_PREFIXES = ("rclpy", "tf2_ros", "cv_bridge", "message_filters", "launch")
 FORBIDDEN_SUFFIX = "_msgs"
 

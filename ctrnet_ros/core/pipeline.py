@@ -161,7 +161,10 @@ class ReplayScheduler:
     much later), or at :meth:`flush`. Then the pipeline's usual staleness rules decide.
 
     Args:
-        pipeline: the shared :class:`CalibrationPipeline`.
+        pipeline: the shared :class:`CalibrationPipeline`, or any object with its four input methods
+            (``set_camera``, ``add_joint_state``, ``joints_cover``, ``process(image, stamp_ns)``): the
+            image collector (:class:`ctrnet_ros.collect.collector.Collector`) is fed the same way. The
+            held ``image`` is passed to ``process`` as it was given; only its stamp is looked at here.
         max_wait_s: the node's ``max_joint_wait_s`` equivalent, in recorded time.
         max_pending: bound on held images (memory); the oldest is processed when exceeded.
     """

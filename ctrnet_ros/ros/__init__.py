@@ -3,6 +3,9 @@
 * :mod:`.calibration_node` -- ``CalibrationNode`` (``ros2 run ctrnet_ros ctrnet_node``, entry point
   :mod:`.ctrnet_node_main`), with its parameters (:mod:`.parameters`), diagnostics
   (:mod:`.diagnostics`), debug overlay (:mod:`.overlay`) and saved calibrations (:mod:`.calibration_file`);
+* :mod:`.collector_node` -- ``CollectorNode`` (``ros2 run ctrnet_ros collector_node``, entry point
+  :mod:`.collector_node_main`, parameters in :mod:`.collector_parameters`): saves unlabeled frames for
+  the self-supervised refresh through :mod:`ctrnet_ros.collect`;
 * :mod:`.tf_broadcast` -- tf2_ros broadcasters, or equivalents with tf2's topics and QoS;
 * :mod:`.conversions` -- transforms and covariances <-> geometry_msgs;
 * :mod:`.bag_player` -- ``ctrnet-play``, rosbag2 replay through rclpy;

@@ -26,7 +26,7 @@ from ..core.fusion import FusionConfig, MovingFilterConfig
 from ..core.timesync import JointHistoryConfig
 
 __all__ = ["ParamSpec", "PARAMETERS", "RUNTIME_PARAMETERS", "NodeConfig", "ParameterValidationError",
-           "declare_and_read", "default_camera_info_topic", "MODES", "BACKENDS"]
+           "declare_and_read", "declare_parameter_table", "default_camera_info_topic", "MODES", "BACKENDS"]
 
 MODES = ("static", "moving")
 BACKENDS = ("auto", "onnxruntime", "torch")
@@ -49,10 +49,11 @@ class ParamSpec:
     description: str
     range: tuple[float, float] | None = None  # inclusive bounds for numbers
     choices: tuple[str, ...] | None = None  # allowed values for strings
+    read_only: bool | None = None  # None: read-only unless named in RUNTIME_PARAMETERS (the calibration node's)
 
     def descriptor(self) -> ParameterDescriptor:
-        d = ParameterDescriptor(name=self.name, description=self.description,
-                                read_only=self.name not in RUNTIME_PARAMETERS)
+        read_only = self.name not in RUNTIME_PARAMETERS if self.read_only is None else self.read_only
+        d = ParameterDescriptor(name=self.name, description=self.description, read_only=read_only)
         if self.range is not None:
             lo, hi = self.range
             if isinstance(self.default, bool):
@@ -208,18 +209,16 @@ def _type_hint(spec: ParamSpec) -> str:
     return "a string"
 
 
-def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
-    """Declare every parameter of :data:`PARAMETERS` on ``node`` and return the validated values.
+def declare_parameter_table(node, specs: tuple[ParamSpec, ...]) -> dict[str, Any]:
+    """Declare every parameter of ``specs`` on ``node``; ``{name: value}`` once each has the right type,
+    lies in its range, is one of its choices and is finite.
 
-    Args:
-        node: an ``rclpy.node.Node`` (parameter overrides from the command line or launch apply).
-        model_required: False when a detector is injected (tests): ``model`` may then be empty.
     Raises:
-        ParameterValidationError: listing every problem found.
+        ParameterValidationError: listing every such problem.
     """
     problems: list[str] = []
     values: dict[str, Any] = {}
-    for spec in PARAMETERS:
+    for spec in specs:
         try:
             values[spec.name] = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
         except InvalidParameterTypeException as exc:
@@ -229,7 +228,7 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
             problems.append(f"{spec.name}: out of range [{lo}, {hi}] ({exc})")
         except ParameterException as exc:
             problems.append(f"{spec.name}: {exc}")
-    for spec in PARAMETERS:
+    for spec in specs:
         v = values.get(spec.name)
         if spec.choices and v is not None and v not in spec.choices:
             problems.append(f"{spec.name}: {v!r} is not one of {', '.join(spec.choices)}")
@@ -237,8 +236,20 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
             problems.append(f"{spec.name}: must be finite, got {v}")
     if problems:
         raise ParameterValidationError(problems)
+    return values
 
-    v = values
+
+def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
+    """Declare every parameter of :data:`PARAMETERS` on ``node`` and return the validated values.
+
+    Args:
+        node: an ``rclpy.node.Node`` (parameter overrides from the command line or launch apply).
+        model_required: False when a detector is injected (tests): ``model`` may then be empty.
+    Raises:
+        ParameterValidationError: listing every problem found.
+    """
+    v = declare_parameter_table(node, PARAMETERS)
+    problems: list[str] = []
     # -- consistency and files ------------------------------------------------------------------
     if model_required and not v["model"]:
         problems.append("model: not set; give the keypoint model file, e.g. -p model:=models/panda_ctrnet.onnx")
