@@ -23,7 +23,7 @@ netns = unshare -n bash -c 'ip link set lo up && exec $(1)' || \
         { rc=$$?; [ $$rc -eq 1 ] && ! unshare -n true 2>/dev/null && \
           echo "error: 'unshare -n' is not permitted here; tests that start ROS need a private network namespace (run as root or with user namespaces)" >&2; exit $$rc; }
 
-.PHONY: setup test _test_inner demo _demo_inner bench _bench_inner clean
+.PHONY: setup test _test_inner demo _demo_inner bench _bench_inner refresh-experiment _refresh_experiment_inner clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,14 @@ bench: setup
 
 _bench_inner:
 	@for b in bench/bench_*.py; do echo "== $$b"; $(ROS_ENV) $(PY) $$b || exit 1; done
+
+# issue 7's experiment: pretrained vs self-supervised-refreshed model on shifted-preset bags (CPU: ~30-60 min)
+refresh-experiment: setup
+	@mkdir -p $(BUILD)/ros_log
+	@$(call netns,make --no-print-directory _refresh_experiment_inner)
+
+_refresh_experiment_inner:
+	$(ROS_ENV) $(PY) tools/refresh_experiment.py $(EXPERIMENT_ARGS)
 
 clean:
 	rm -rf $(BUILD)

@@ -87,7 +87,7 @@ class RefreshConfig:
     rmse_scale_px: float = 3.0  # per-sample weight exp(-rmse / scale), rmse in network-input pixels
     max_rmse_px: float = 15.0  # samples whose PnP RMSE exceeds this (input pixels) get weight 0
     render_scale: float = 0.5  # silhouette rendered at this fraction of the network input size
-    render_sigma_px: float = 1.0  # softness of the silhouette edge, render pixels
+    render_sigma_px: float = 0.4  # softness of the silhouette edge, render pixels (larger grows the outline)
     max_faces: int = 5000  # mesh decimation budget for the whole robot
     decode_radius: int = 3  # keypoints decoded by a local soft-argmax over this window radius (heatmap cells)
     augment: bool = True  # mild photometric augmentation of the collected images
