@@ -86,6 +86,7 @@ class RefreshConfig:
     w_mask_refine: float = 0.1  # segmentation refined by the rendered silhouette
     rmse_scale_px: float = 3.0  # per-sample weight exp(-rmse / scale), rmse in network-input pixels
     max_rmse_px: float = 15.0  # samples whose PnP RMSE exceeds this (input pixels) get weight 0
+    min_agreement_iou: float = 0.5  # mask refinement only from samples whose render and predicted mask agree this well
     render_scale: float = 0.5  # silhouette rendered at this fraction of the network input size
     render_sigma_px: float = 0.4  # softness of the silhouette edge, render pixels (larger grows the outline)
     max_faces: int = 5000  # mesh decimation budget for the whole robot
@@ -223,7 +224,8 @@ def plot_refresh_curves(log_path: Path, png_path: Path, *, title: str = "") -> N
         x, y = series(key)
         if x:
             ax1.plot(x, y, label=key)
-    ax1.set_yscale("log")
+    if any(float(r.get("loss") or 0) > 0 for r in rows):
+        ax1.set_yscale("log")
     ax1.set_title("refresh losses")
     ax1.set_xlabel("step")
     ax1.legend(fontsize=8)
@@ -328,10 +330,14 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
         sil = renderer(T.float(), T_base_link.float(), K_r.float(), image_size=(rw, rh))  # (B, rh, rw)
         per_sil = ((sil - mask.detach()) ** 2).mean(dim=(1, 2))
         per_ref = F.binary_cross_entropy_with_logits(m_logits, sil.detach(), reduction="none").mean(dim=(1, 2))
-        denom = w.sum().clamp_min(1e-6)
-        l_sil = (w * per_sil).sum() / denom
-        l_ref = (w * per_ref).sum() / denom
-        ious = [_soft_iou(sil[b].detach(), mask[b].detach()) for b in range(B) if bool(ok[b])]
+        l_sil = (w * per_sil).sum() / w.sum().clamp_min(1e-6)
+        iou_all = [(_soft_iou(sil[b].detach(), mask[b].detach()) if bool(ok[b]) else float("nan")) for b in range(B)]
+        # A render is a pseudo-label for the segmentation only where it already agrees with it: a wrong
+        # pose's silhouette would otherwise teach the mask head the wrong robot (self-reinforcing).
+        agree = torch.tensor([i >= config.min_agreement_iou for i in iou_all], device=device)
+        w_ref = torch.where(agree, w, torch.zeros_like(w))
+        l_ref = (w_ref * per_ref).sum() / w_ref.sum().clamp_min(1e-6) + 0.0 * m_logits.sum()
+        ious = [i for i in iou_all if math.isfinite(i)]
     else:  # no usable pose in this batch: a zero loss that still reaches every parameter (DDP)
         l_sil = l_ref = m_logits.sum() * 0.0 + hm.sum() * 0.0
     loss = config.w_silhouette * l_sil + config.w_mask_refine * l_ref

@@ -1,0 +1,163 @@
+"""Self-supervised refresh: the loss chain (keypoints -> differentiable PnP -> soft render) and the run.
+
+The Panda scene is synthetic and seeded; the silhouette renderer's decimated meshes come from the
+shared mesh cache (built on first use). One torch thread, small images: some seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from ctrnet_ros.core import se3
+from ctrnet_ros.core.camera import PinholeCamera
+from ctrnet_ros.core.robot import KeypointSpec, RobotModel
+from ctrnet_ros.net.decode import input_to_heatmap_coords, render_gaussian_heatmaps
+from ctrnet_ros.net.registry import build_model, load_checkpoint, save_checkpoint
+from ctrnet_ros.train.refresh import RefreshConfig, RefreshError, refresh, self_supervised_losses
+from ctrnet_ros.train.silhouette import RobotMeshSet, SilhouetteRenderer, link_pose_tensor
+
+SIZE = (160, 120)  # network input (W, H)
+STRIDE = 4
+CAMERA = PinholeCamera.from_fov(width=SIZE[0], height=SIZE[1], fovy_deg=50.0)
+CONFIGS = [
+    {"panda_joint1": 0.3, "panda_joint2": -0.4, "panda_joint3": 0.1, "panda_joint4": -2.0, "panda_joint5": 0.2,
+     "panda_joint6": 1.9, "panda_joint7": 0.7, "panda_finger_joint1": 0.03},
+    {"panda_joint1": -0.6, "panda_joint2": 0.3, "panda_joint3": -0.2, "panda_joint4": -1.4, "panda_joint5": -0.4,
+     "panda_joint6": 1.4, "panda_joint7": -0.3, "panda_finger_joint1": 0.02},
+]
+T_CAMERA_BASE = se3.invert_transform(se3.look_at_optical(np.array([1.5, 0.6, 0.9]), np.array([0.1, 0.0, 0.45])))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def panda():
+    spec = KeypointSpec.builtin("panda")
+    return spec, RobotModel.from_spec(spec)
+
+
+@pytest.fixture(scope="module")
+def renderer(panda):
+    return SilhouetteRenderer(RobotMeshSet.from_robot(panda[1], max_faces=3000), sigma=0.4)
+
+
+def _geometry(panda, renderer):
+    spec, robot = panda
+    X = torch.from_numpy(np.stack([robot.keypoints_base(spec, q) for q in CONFIGS]))  # (B, K, 3)
+    links = link_pose_tensor(robot, CONFIGS, renderer.links)  # (B, L, 4, 4)
+    uv = np.stack([CAMERA.project_from(T_CAMERA_BASE, x) for x in X.numpy()])  # (B, K, 2) input px
+    return X, links, uv
+
+
+def test_one_refresh_step_lowers_the_silhouette_loss(panda, renderer):
+    """Keypoints a few pixels off give a pose whose render disagrees with the (correct) mask; one
+    optimiser step on the heatmaps, through local soft-argmax, BPnP and the soft render, lowers it."""
+    X, links, uv_true = _geometry(panda, renderer)
+    B, K = uv_true.shape[:2]
+    hm_size = (SIZE[0] // STRIDE, SIZE[1] // STRIDE)
+    rng = np.random.default_rng(0)
+    uv_off = uv_true + rng.normal(0.0, 2.5, uv_true.shape)
+    # stand-in network outputs: Gaussian heatmap logits at the perturbed keypoints, and the mask a
+    # good segmentation would predict (the render at the true pose, as logits)
+    probs = render_gaussian_heatmaps(torch.from_numpy(uv_off), torch.ones(B, K, dtype=torch.bool), hm_size, STRIDE,
+                                     1.5).clamp(1e-4, 1 - 1e-4)
+    heat = torch.logit(probs).float().requires_grad_(True)
+    K_mask = torch.from_numpy(np.stack([CAMERA.transformed(CAMERA.resize_transform(*hm_size)).K] * B)).float()
+    with torch.no_grad():
+        T_true = torch.from_numpy(np.stack([T_CAMERA_BASE] * B)).float()
+        mask = renderer(T_true, links.float(), K_mask, image_size=hm_size).clamp(1e-4, 1 - 1e-4)
+    mask_logits = torch.logit(mask)[:, None].requires_grad_(True)
+    cfg = RefreshConfig(render_sigma_px=0.4, max_rmse_px=50.0)
+
+    def losses():
+        return self_supervised_losses(heat, mask_logits, keypoints_base=X, T_base_link=links, cameras=[CAMERA] * B,
+                                      renderer=renderer, config=cfg, heatmap_stride=STRIDE, heatmaps_are_logits=True,
+                                      render_size=(80, 60))
+
+    before = losses()
+    assert bool(before.ok.all()) and before.silhouettes is not None
+    err_before = max(se3.translation_error(T, T_CAMERA_BASE) for T in before.T_camera_base.detach().numpy())
+    opt = torch.optim.SGD([heat], lr=200.0)
+    before.silhouette.backward()
+    assert heat.grad is not None and float(heat.grad.abs().sum()) > 0, "no gradient reached the heatmaps"
+    opt.step()
+    after = losses()
+    s0, s1 = float(before.silhouette.detach()), float(after.silhouette.detach())
+    assert s1 < s0, (s0, s1)
+    err_after = max(se3.translation_error(T, T_CAMERA_BASE) for T in after.T_camera_base.detach().numpy())
+    assert err_after < err_before, "the step should also move the pose towards the truth"
+    # the mask-refinement term trains the segmentation towards the render, not the keypoints
+    assert after.mask_refine.requires_grad and float(after.mask_refine.detach()) > 0
+
+
+def test_no_usable_pose_gives_a_zero_loss_that_still_reaches_every_output(panda, renderer):
+    X, links, _ = _geometry(panda, renderer)
+    B, K = X.shape[:2]
+    heat = torch.zeros(B, K, SIZE[1] // STRIDE, SIZE[0] // STRIDE, requires_grad=True)  # flat maps: no keypoints
+    mask_logits = torch.zeros(B, 1, SIZE[1] // STRIDE, SIZE[0] // STRIDE, requires_grad=True)
+    t = self_supervised_losses(heat, mask_logits, keypoints_base=X, T_base_link=links, cameras=[CAMERA] * B,
+                               renderer=renderer, config=RefreshConfig(max_rmse_px=0.01), heatmap_stride=STRIDE,
+                               heatmaps_are_logits=True, render_size=(80, 60))
+    assert not bool(t.ok.any()) and float(t.loss) == 0.0
+    t.loss.backward()
+    assert heat.grad is not None and mask_logits.grad is not None
+
+
+@dataclass
+class _Sample:
+    """What refresh() needs of a collected sample (see ctrnet_ros.collect.dataset.CollectedSample)."""
+
+    rgb: np.ndarray
+    camera: PinholeCamera
+    joints: dict
+
+    def image_rgb(self) -> np.ndarray:
+        return self.rgb
+
+
+def test_refresh_run_writes_a_loadable_model_and_curves(tmp_path, panda):
+    torch.manual_seed(0)
+    spec, _ = panda
+    size = (128, 96)
+    model, cfg = build_model("ctrnet_slim", num_keypoints=len(spec.names), input_size=size, trunk_width=8,
+                             head_channels=16, mask_channels=8)
+    init = tmp_path / "init.pt"
+    save_checkpoint(init, model, cfg, {"keypoint_names": spec.names, "input_size": list(size), "robot": "panda",
+                                       "decode_method": "quadratic"})
+    cam = PinholeCamera.from_fov(width=256, height=192, fovy_deg=50.0)  # collected at 2x the input size
+    rng = np.random.default_rng(1)
+    samples = [_Sample(rng.integers(0, 255, (192, 256, 3), dtype=np.uint8), cam, q) for q in CONFIGS * 2]
+    out = tmp_path / "run"
+    config = RefreshConfig(init=str(init), out_dir=str(out), steps=3, batch_size=2, num_workers=0, log_every=1,
+                           max_faces=2000, device="cpu")
+    summary = refresh(config, samples=samples, progress=False)
+    assert summary["step"] == 3 and not summary["stopped_early"]
+    for name in ("refreshed.pt", "last.pt", "log.csv", "curves.png", "config.json"):
+        assert (out / name).is_file(), name
+    refreshed, _, extra = load_checkpoint(out / "refreshed.pt")
+    assert extra["refresh"]["steps"] == 3 and extra["refresh"]["samples"] == 4
+    assert extra["keypoint_names"] == spec.names and "refresh_optimizer" not in extra
+    # resuming a finished run does nothing more; a longer run continues from step 3
+    summary = refresh(config.replace(steps=4), resume=True, samples=samples, progress=False)
+    assert summary["step"] == 4
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4]
+
+
+def test_refresh_refuses_bad_inputs_clearly(tmp_path, panda):
+    with pytest.raises(RefreshError, match="no usable samples"):
+        refresh(RefreshConfig(init=str(tmp_path / "x.pt"), out_dir=str(tmp_path / "r")), samples=[], progress=False)
+    cam = PinholeCamera.from_fov(width=64, height=48, fovy_deg=50.0)
+    with pytest.raises(RefreshError, match="cannot load the initial model"):
+        refresh(RefreshConfig(init=str(tmp_path / "missing.pt"), out_dir=str(tmp_path / "r")),
+                samples=[_Sample(np.zeros((48, 64, 3), np.uint8), cam, CONFIGS[0])], progress=False)
