@@ -75,3 +75,21 @@ def test_out_of_image_keypoints_are_not_used(setup, panda, panda_spec, rng):
 def test_model_and_spec_must_match(panda, panda_spec):
     with pytest.raises(EstimatorSetupError, match="do not match"):
         CameraToRobotEstimator(detector=OracleDetector(panda_spec.names[::-1]), robot=panda, spec=panda_spec)
+
+
+def test_network_run_ahead_of_the_joint_states_is_reused(setup, panda, panda_spec, rng):
+    """detect() first (as the node does while joint states travel), estimate() later: one network run."""
+    det, est = setup
+    cam = PinholeCamera.from_fov(width=640, height=480, fovy_deg=45.0)
+    q, T, kp, _ = sample_visible_view(rng, panda, panda_spec, cam, ShellConfig(distance_m=(1.0, 2.0)))
+    det.scene = (cam, T, kp)
+    calls = []
+    inner = det.detect
+    det.detect = lambda img: calls.append(1) or inner(img)
+    img = np.zeros((480, 640, 3), np.uint8)
+    prepared = est.detect(img, cam)
+    out = est.estimate(img, cam, q, prepared=prepared)
+    assert out.ok and len(calls) == 1 and se3.translation_error(out.T_camera_base, T) < 1e-6
+    other = PinholeCamera.from_fov(width=640, height=480, fovy_deg=45.0)  # another camera object: run again
+    assert est.estimate(img, other, q, prepared=prepared).ok and len(calls) == 2
+    assert est.detect(np.zeros((240, 320, 3), np.uint8), cam) is None  # a size mismatch is left to estimate()

@@ -25,7 +25,7 @@ from .pnp import PnPConfig, PnPError, PnPResult, solve_pnp
 from .robot import InvalidJointValueError, KeypointSpec, MissingJointError, RobotModel, RobotModelError
 
 __all__ = ["Detection", "KeypointDetector", "EstimatorConfig", "Estimate", "CameraToRobotEstimator",
-           "EstimatorSetupError"]
+           "EstimatorSetupError", "PreparedDetection"]
 
 
 class EstimatorSetupError(ValueError):
@@ -81,6 +81,17 @@ class Estimate:
         return self.pnp.rmse_px if self.pnp is not None else float("nan")
 
 
+@dataclass(frozen=True)
+class PreparedDetection:
+    """The network's part of a frame, run ahead of the joint states (see :meth:`CameraToRobotEstimator.detect`)."""
+
+    camera: PinholeCamera  # the camera it was computed for
+    image_shape: tuple[int, ...]  # shape of the image it was computed from
+    input_transform: ImageTransform  # camera image -> detector input
+    detection: Detection  # in the detector's input frame
+    inference_ms: float
+
+
 class CameraToRobotEstimator:
     """Per-frame camera pose from an RGB image, the camera model and joint positions at the image stamp."""
 
@@ -102,8 +113,25 @@ class CameraToRobotEstimator:
         """(K, 3) keypoints in the base frame at ``joint_positions`` (raises RobotModelError)."""
         return self.robot.keypoints_base(self.spec, joint_positions)
 
+    def detect(self, image_rgb: np.ndarray, camera: PinholeCamera) -> PreparedDetection | None:
+        """Run only the network on a frame, e.g. while its joint states are still in flight.
+
+        Returns None for an image :meth:`estimate` would refuse anyway (it then says why). Pass the
+        result to :meth:`estimate` as ``prepared`` with the same image and camera.
+        """
+        img = np.asarray(image_rgb)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or \
+                (img.shape[1], img.shape[0]) != (camera.width, camera.height):
+            return None
+        t0 = time.perf_counter()
+        tf = camera.letterbox_transform(*self.detector.input_size)
+        det = self.detector.detect(tf.apply_image(img))
+        return PreparedDetection(camera=camera, image_shape=img.shape, input_transform=tf, detection=det,
+                                 inference_ms=(time.perf_counter() - t0) * 1e3)
+
     def estimate(self, image_rgb: np.ndarray, camera: PinholeCamera, joint_positions: Mapping[str, float] | None,
-                 *, stamp_ns: int = 0, joint_problem: str = "") -> Estimate:
+                 *, stamp_ns: int = 0, joint_problem: str = "",
+                 prepared: PreparedDetection | None = None) -> Estimate:
         """Estimate ``T_camera_base`` for one frame.
 
         Args:
@@ -112,6 +140,7 @@ class CameraToRobotEstimator:
             joint_positions: joint name -> position at the image stamp, or None if unavailable.
             stamp_ns: image stamp (carried into the result).
             joint_problem: why ``joint_positions`` is None or partial (e.g. "stale: ..."), for the diagnostic.
+            prepared: this frame's :meth:`detect` result, run earlier (its time counts as inference).
         """
         t0 = time.perf_counter()
         est = Estimate(stamp_ns=stamp_ns, ok=False)
@@ -138,9 +167,13 @@ class CameraToRobotEstimator:
             est.reason, est.detail = "joint_states", str(exc)
             return est
         t1 = time.perf_counter()
-        tf = camera.letterbox_transform(*self.detector.input_size)
+        if prepared is not None and prepared.camera is camera and prepared.image_shape == img.shape:
+            tf, det = prepared.input_transform, prepared.detection
+            t1 -= prepared.inference_ms * 1e-3  # report the network's own time as inference
+        else:
+            tf = camera.letterbox_transform(*self.detector.input_size)
+            det = self.detector.detect(tf.apply_image(img))
         est.input_transform = tf
-        det = self.detector.detect(tf.apply_image(img))
         t2 = time.perf_counter()
         uv = tf.invert_coords(np.asarray(det.keypoints_uv, dtype=np.float64))
         conf = np.asarray(det.confidence, dtype=np.float64)

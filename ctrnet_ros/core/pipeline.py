@@ -108,8 +108,12 @@ class CalibrationPipeline:
         return None if self._fusion is None else self._fusion.state()
 
     # -- per frame ------------------------------------------------------------------------------
-    def process(self, image_rgb: np.ndarray, stamp_ns: int) -> FrameResult:
-        """Estimate from one image (stamped ``stamp_ns``), update fusion, and say what to publish."""
+    def process(self, image_rgb: np.ndarray, stamp_ns: int, *, prepared=None) -> FrameResult:
+        """Estimate from one image (stamped ``stamp_ns``), update fusion, and say what to publish.
+
+        ``prepared``: the estimator's :meth:`~CameraToRobotEstimator.detect` of this image, when the
+        caller ran the network earlier (the node does, while joint states are still arriving).
+        """
         if self.camera is None:
             est = Estimate(stamp_ns=stamp_ns, ok=False, reason="no_camera_info",
                            detail="no camera_info received yet; cannot use images without intrinsics")
@@ -120,7 +124,8 @@ class CalibrationPipeline:
         positions = None if problems else query.positions
         if problems:
             problems = "joint states at the image stamp: " + problems
-        est = self.estimator.estimate(image_rgb, self.camera, positions, stamp_ns=stamp_ns, joint_problem=problems)
+        est = self.estimator.estimate(image_rgb, self.camera, positions, stamp_ns=stamp_ns, joint_problem=problems,
+                                      prepared=prepared)
         state = None
         if est.ok:
             if self.config.mode == "static":

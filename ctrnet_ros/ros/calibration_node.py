@@ -465,16 +465,22 @@ class CalibrationNode(Node):
             if pipeline.set_camera(camera) and not first_camera:
                 self.get_logger().warning("camera intrinsics changed: fusion restarted")
                 self._seed = None
+        # The network does not need the joint states: run it while they are still in flight, outside
+        # the lock (camera_info, services and reloads are not held up by inference).
+        prepared = estimator.detect(rgb, camera) if cfg.overlap_inference else None
+        t_inferred = time.monotonic()
         if cfg.joint_wait_s > 0:
             # Joint states lagging the image: wait (bounded) so the stamp is interpolated, not held.
             pipeline.wait_for_joints(stamp_ns, cfg.joint_wait_s)
         t_joints = time.monotonic()
         with self._lock:
-            result = pipeline.process(rgb, stamp_ns)
+            if pipeline.estimator is not estimator or pipeline.camera is not camera:
+                prepared = None  # reloaded or re-calibrated meanwhile: run it again with the new one
+            result = pipeline.process(rgb, stamp_ns, prepared=prepared)
             est = result.estimate
             self._publish_result(result, stamp_ns, camera_frame, t_received)
         self.stats.stage_times({"wait": (t_start - t_received) * 1e3, "decode": (t_decoded - t_start) * 1e3,
-                                "joint wait": (t_joints - t_decoded) * 1e3, **est.timings_ms})
+                                "joint wait": (t_joints - t_inferred) * 1e3, **est.timings_ms})
         if not est.ok:
             self.stats.frame_done(reason=est.reason or "rejected", detail=est.detail,
                                   inference_ms=est.timings_ms.get("inference"))

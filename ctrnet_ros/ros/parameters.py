@@ -113,6 +113,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("joint_wait_s", 0.05, "When an image is newer than the newest joint sample, wait up to this long "
               "(seconds) for joint states to catch up before judging them stale (they travel separately).",
               range=(0.0, 1.0)),
+    ParamSpec("overlap_inference", True, "Run the network while the frame's joint states are still arriving "
+              "(lower latency); false: only once they cover the image stamp."),
     ParamSpec("max_joint_gap_s", _J.max_gap_s, "Never interpolate joint positions across a gap between samples "
               "longer than this (seconds).", range=(0.001, 10.0)),
     ParamSpec("joint_history_s", _J.history_s, "Joint-state history kept (seconds): how late an image may arrive.",
@@ -186,6 +188,7 @@ class NodeConfig:
     tf_static_update_deg: float
     joint_history: JointHistoryConfig
     joint_wait_s: float
+    overlap_inference: bool
     min_confidence: float
     max_rmse_px: float
     calibration_file: str
@@ -296,6 +299,7 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
         camera_frame=v["camera_frame"], publish_inverse=v["publish_inverse"], mode=v["mode"],
         static_when_converged=v["static_when_converged"], tf_static_update_m=v["tf_static_update_m"],
         tf_static_update_deg=v["tf_static_update_deg"], joint_history=history, joint_wait_s=v["joint_wait_s"],
+        overlap_inference=v["overlap_inference"],
         min_confidence=v["min_confidence"],
         max_rmse_px=v["max_rmse_px"], calibration_file=v["calibration_file"], save_directory=v["save_directory"],
         diagnostics_period_s=v["diagnostics_period_s"], fusion=fusion, moving=moving)
