@@ -32,12 +32,7 @@ CONFIGS = [
 T_CAMERA_BASE = se3.invert_transform(se3.look_at_optical(np.array([1.5, 0.6, 0.9]), np.array([0.1, 0.0, 0.45])))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

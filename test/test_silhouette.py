@@ -44,13 +44,7 @@ def _perturbed(xi: torch.Tensor, T_camera_base0: torch.Tensor) -> torch.Tensor:
     return (torch.linalg.matrix_exp(_hat(xi)) @ T_camera_base0)[None]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: the tensors here are small, and two threads lose much when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ SIZE = (64, 48)
 TINY_MODEL = {"trunk_width": 8, "head_channels": 16, "mask_channels": 8}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: tiny tensors gain nothing from two, and lose much when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

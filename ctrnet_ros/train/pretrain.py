@@ -26,7 +26,6 @@ seed and thread count an interrupted-and-resumed run reproduces an uninterrupted
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import math
@@ -49,6 +48,7 @@ from .config import TrainConfig, config_from_dict, config_to_dict
 from .data import KeypointTrainDataset, StepBatchSampler, dataset_summary, open_datasets
 from .losses import model_losses
 from .metrics import METRIC_NAMES, KeypointMetrics, pose_from_keypoints
+from .runlog import append_log, log_series, read_log, write_log
 
 __all__ = ["pretrain", "evaluate", "lr_at", "resolve_device", "cpu_has_bf16", "hardware_description",
            "RESUMABLE_OVERRIDES", "TrainingError"]
@@ -206,46 +206,17 @@ def _score(metrics: dict[str, float]) -> tuple[float, float]:
 
 # --- logs ------------------------------------------------------------------------------------
 
-def _read_log(path: Path, up_to_step: int | None = None) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if up_to_step is not None:
-        rows = [r for r in rows if int(r["step"]) <= up_to_step]
-    return rows
-
-
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _append_log(path: Path, row: dict[str, Any]) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
 def plot_curves(log_path: Path, png_path: Path, *, title: str = "") -> None:
     """Learning curves from ``log.csv``: training losses (log scale) and validation metrics."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = _read_log(log_path)
+    rows = read_log(log_path)
     if not rows:
         return
 
     def series(key):
-        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "", "nan")]
-        return [p[0] for p in pts], [p[1] for p in pts]
+        return log_series(rows, key)
 
     fig = Figure(figsize=(12, 4.5), dpi=100)
     FigureCanvasAgg(fig)
@@ -395,7 +366,7 @@ def pretrain(config: TrainConfig, *, resume: bool = False, stop_after: int | Non
             torch.set_rng_state(rng["torch"])
         if device.type == "cuda" and rng.get("cuda"):
             torch.cuda.set_rng_state_all(rng["cuda"])
-        _write_log(log_path, _read_log(log_path, up_to_step=start_step))  # drop rows past the checkpoint
+        write_log(log_path, LOG_COLUMNS, read_log(log_path, up_to_step=start_step))  # drop rows past the checkpoint
         logger.info("resumed %s at step %d of %d", last_path, start_step, total)
     else:
         if log_path.exists():
@@ -474,15 +445,15 @@ def pretrain(config: TrainConfig, *, resume: bool = False, stop_after: int | Non
                 row = {"step": step, "epoch": step * config.batch_size / num_frames, "lr": lr,
                        **{k: v / n_acc for k, v in sums.items()},
                        "images_per_s": interval_images / max(interval_time, 1e-9), "train_s": train_seconds}
-                _append_log(log_path, row)
+                append_log(log_path, row, LOG_COLUMNS)
                 sums = dict.fromkeys(sums, 0.0)
                 n_acc, interval_images, interval_time = 0, 0, 0.0
             if val_ds is not None and (step % val_every == 0 or step == total):
                 val_metrics = evaluate(model, val_ds, device=device, batch_size=config.batch_size,
                                        decode_method=config.decode_method, config=config)
-                _append_log(log_path, {"step": step, "epoch": step * config.batch_size / num_frames, "lr": lr,
+                append_log(log_path, {"step": step, "epoch": step * config.batch_size / num_frames, "lr": lr,
                                        "train_s": train_seconds, "val_loss": val_metrics["loss"],
-                                       **{f"val_{m}": val_metrics[m] for m in METRIC_NAMES}})
+                                       **{f"val_{m}": val_metrics[m] for m in METRIC_NAMES}}, LOG_COLUMNS)
                 logger.info("step %d: PCK@2/5/10 %.1f/%.1f/%.1f %%, median %.2f px, mask IoU %.3f, ADD AUC %.1f, "
                             "pose ok %.0f %%", step, val_metrics["pck2"], val_metrics["pck5"], val_metrics["pck10"],
                             val_metrics["median_px"], val_metrics["mask_iou"], val_metrics["add_auc"],

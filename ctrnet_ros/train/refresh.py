@@ -30,7 +30,6 @@ only) the usual validation metrics are logged too; they never influence training
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -56,6 +55,7 @@ from .bpnp import differentiable_pnp
 from .config import AugmentConfig
 from .data import photometric_augment
 from .pretrain import hardware_description, resolve_device
+from .runlog import append_log, log_series, read_log, write_log
 
 __all__ = ["RefreshConfig", "RefreshError", "refresh", "CollectionImages", "plot_refresh_curves",
            "self_supervised_losses", "SelfSupervisedTerms"]
@@ -187,35 +187,17 @@ class _StepSampler(torch.utils.data.Sampler):
 
 # --- logs ----------------------------------------------------------------------------------------
 
-def _append_log(path: Path, row: dict[str, Any]) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def _read_log(path: Path, up_to_step: int | None = None) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [r for r in rows if up_to_step is None or int(r["step"]) <= up_to_step]
-
-
 def plot_refresh_curves(log_path: Path, png_path: Path, *, title: str = "") -> None:
     """Loss curves of a refresh (and validation metrics when logged)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = _read_log(log_path)
+    rows = read_log(log_path)
     if not rows:
         return
 
     def series(key):
-        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "", "nan")]
-        return [p[0] for p in pts], [p[1] for p in pts]
+        return log_series(rows, key)
 
     fig = Figure(figsize=(12, 4), dpi=100)
     FigureCanvasAgg(fig)
@@ -422,10 +404,7 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
         opt.load_state_dict(extra["refresh_optimizer"])
         logger.info("resumed %s at step %d of %d", last_path, start_step, config.steps)
         if is_main:
-            rows = _read_log(log_path, up_to_step=start_step)
-            log_path.unlink(missing_ok=True)
-            for r in rows:
-                _append_log(log_path, r)
+            write_log(log_path, LOG_COLUMNS, read_log(log_path, up_to_step=start_step))
     elif is_main:
         log_path.unlink(missing_ok=True)
     if is_main:
@@ -449,8 +428,8 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
             return
         val_metrics = evaluate(model, val_ds, device=device, batch_size=16, decode_method=decode_method)
         model.train()
-        _append_log(log_path, {"step": step, **{f"val_{k}": val_metrics[k]
-                                                for k in ("pck5", "median_px", "mask_iou", "add_auc")}})
+        append_log(log_path, {"step": step, **{f"val_{k}": val_metrics[k]
+                                               for k in ("pck5", "median_px", "mask_iou", "add_auc")}}, LOG_COLUMNS)
         logger.info("step %d: validation PCK@5 %.1f %%, median %.2f px, mask IoU %.3f, ADD AUC %.1f", step,
                     val_metrics["pck5"], val_metrics["median_px"], val_metrics["mask_iou"], val_metrics["add_auc"])
 
@@ -525,7 +504,7 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
             if is_main and (step % config.log_every == 0 or step == config.steps):
                 row = {"step": step, "lr": lr, "images_per_s": n_img / max(t_int, 1e-9), "train_s": train_seconds,
                        **{k: (float(np.mean(v)) if v else float("nan")) for k, v in acc.items()}}
-                _append_log(log_path, row)
+                append_log(log_path, row, LOG_COLUMNS)
                 acc = {k: [] for k in acc}
                 n_img, t_int = 0, 0.0
             if val_ds is not None and is_main and (step % config.val_every == 0 or step == config.steps):
