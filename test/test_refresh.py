@@ -15,7 +15,7 @@ import torch
 from ctrnet_ros.core import se3
 from ctrnet_ros.core.camera import PinholeCamera
 from ctrnet_ros.core.robot import KeypointSpec, RobotModel
-from ctrnet_ros.net.decode import input_to_heatmap_coords, render_gaussian_heatmaps
+from ctrnet_ros.net.decode import render_gaussian_heatmaps
 from ctrnet_ros.net.registry import build_model, load_checkpoint, save_checkpoint
 from ctrnet_ros.train.refresh import RefreshConfig, RefreshError, refresh, self_supervised_losses
 from ctrnet_ros.train.silhouette import RobotMeshSet, SilhouetteRenderer, link_pose_tensor
