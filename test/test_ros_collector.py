@@ -17,7 +17,6 @@ import errno
 import os
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -25,7 +24,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -43,7 +41,9 @@ from ctrnet_ros.core.camera import PinholeCamera  # noqa: E402
 from ctrnet_ros.ros.collector_node import CollectorNode, NodeSetupError, collector_status  # noqa: E402
 from ctrnet_ros.ros.collector_parameters import COLLECTOR_PARAMETERS  # noqa: E402
 from ctrnet_ros.ros.parameters import ParameterValidationError  # noqa: E402
-from test_ros_node import camera_info_msg, joint_msg, wait_for  # noqa: E402  (the calibration node's helpers)
+from test_ros_launch import assert_config_yaml_lists  # noqa: E402
+# the calibration node's test helpers
+from test_ros_node import camera_info_msg, joint_msg, start_rig, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = ROOT / "config" / "collect.yaml"
@@ -178,12 +178,8 @@ def make_rig(ros_context, panda, tmp_path):
         rig = Rig(node=node, probe=probe, executor=MultiThreadedExecutor(num_threads=3, context=ros_context),
                   topics=topics, clients=clients)
         probe.create_subscription(DiagnosticArray, "/diagnostics", rig.diagnostics.append, reliable)
-        rig.executor.add_node(node)
-        rig.executor.add_node(probe)
-        threading.Thread(target=rig.executor.spin, daemon=True).start()
         rigs.append(rig)
-        for key in ("image", "info", "joints"):
-            wait_for(lambda: topics[key].get_subscription_count() > 0, f"the node to subscribe to {key}")
+        start_rig(rig)
         wait_for(lambda: all(p.get_subscription_count() > 0 for p in node.publishers if p.topic_name == "/diagnostics"),
                  "the probe to match /diagnostics")
         return rig
@@ -332,21 +328,8 @@ def test_collector_diagnostic_levels():
     assert _status(stats={"last_reason": "joint_states"}).level == DiagnosticStatus.WARN
 
 
-def _flat(d, prefix=""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flat(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
-
-
 def test_config_yaml_lists_every_parameter_with_its_default():
-    data = yaml.safe_load(CONFIG_FILE.read_text(encoding="utf-8"))
-    in_yaml = dict(_flat(data["/**"]["ros__parameters"]))
-    declared = {p.name: p.default for p in COLLECTOR_PARAMETERS}
-    assert sorted(set(in_yaml) - set(declared)) == [] and sorted(set(declared) - set(in_yaml)) == []
-    for name, default in declared.items():
-        assert type(in_yaml[name]) is type(default) and in_yaml[name] == default, name
+    assert_config_yaml_lists(CONFIG_FILE, COLLECTOR_PARAMETERS)
     assert all(p.descriptor().read_only for p in COLLECTOR_PARAMETERS)
 
 

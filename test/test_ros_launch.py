@@ -103,16 +103,22 @@ def _flat(d, prefix=""):
             yield f"{prefix}{k}", v
 
 
+def assert_config_yaml_lists(config_file: Path, specs) -> None:
+    """``config_file`` (``/**: ros__parameters``) names every ParamSpec of ``specs``, and no other, with
+    its default (same value and type). Also used for config/collect.yaml."""
+    data = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    in_yaml = dict(_flat(data["/**"]["ros__parameters"]))
+    declared = {p.name: p.default for p in specs}
+    assert sorted(set(in_yaml) - set(declared)) == [] and sorted(set(declared) - set(in_yaml)) == []
+    for name, default in declared.items():
+        assert type(in_yaml[name]) is type(default) and in_yaml[name] == default, name
+
+
 def test_config_yaml_lists_every_parameter_with_its_default():
     pytest.importorskip("rclpy")
     from ctrnet_ros.ros.parameters import PARAMETERS
 
-    data = yaml.safe_load(CONFIG_FILE.read_text(encoding="utf-8"))
-    in_yaml = dict(_flat(data["/**"]["ros__parameters"]))
-    declared = {p.name: p.default for p in PARAMETERS}
-    assert sorted(set(in_yaml) - set(declared)) == [] and sorted(set(declared) - set(in_yaml)) == []
-    for name, default in declared.items():
-        assert type(in_yaml[name]) is type(default) and in_yaml[name] == default, name
+    assert_config_yaml_lists(CONFIG_FILE, PARAMETERS)
 
 
 @pytest.mark.skipif(os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST",

@@ -148,6 +148,16 @@ def wait_for(predicate, what: str, timeout: float = WAIT_S):
 # ----------------------------------------------------------------------------------------------
 # Rig: node under test + probe node + executor thread
 # ----------------------------------------------------------------------------------------------
+def start_rig(rig) -> None:
+    """Spin the rig's node and probe on its executor in a background thread, and wait until the node
+    subscribes to the probe's image, camera_info and joint-state publishers (``rig.topics``)."""
+    rig.executor.add_node(rig.node)
+    rig.executor.add_node(rig.probe)
+    threading.Thread(target=rig.executor.spin, daemon=True).start()
+    for key in ("image", "info", "joints"):
+        wait_for(lambda: rig.topics[key].get_subscription_count() > 0, f"the node to subscribe to {key}")
+
+
 @pytest.fixture(scope="module")
 def ros_context():
     ctx = rclpy.context.Context()
@@ -278,12 +288,8 @@ def make_rig(ros_context, panda, panda_spec):
         probe.create_subscription(PoseWithCovarianceStamped, f"/{node.get_name()}/pose", rig.poses.append, reliable)
         topics["clients"] = {s: probe.create_client(Trigger, f"/{node.get_name()}/{s}")
                              for s in ("reset", "save", "reload")}
-        rig.executor.add_node(node)
-        rig.executor.add_node(probe)
-        threading.Thread(target=rig.executor.spin, daemon=True).start()
         rigs.append(rig)
-        for key in ("image", "info", "joints"):
-            wait_for(lambda: topics[key].get_subscription_count() > 0, f"the node to subscribe to {key}")
+        start_rig(rig)
         # matched from the publishing side, so that not even the first message is lost to discovery
         outputs = {"/tf", "/tf_static", "/diagnostics", f"/{node.get_name()}/pose"}
         wait_for(lambda: all(p.get_subscription_count() > 0 for p in node.publishers if p.topic_name in outputs),

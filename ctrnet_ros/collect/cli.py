@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..sim.bag import DEFAULT_CAMERA_INFO_TOPIC, DEFAULT_IMAGE_TOPIC, DEFAULT_JOINT_STATES_TOPIC
+from ..eval.cli import add_topic_arguments
 from .dataset import DEFAULT_MAX_SAMPLES, DEFAULT_QUOTA_BYTES
 from .selection import CollectorConfig
 
@@ -44,12 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference backend (default: by file suffix)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (torch backend)")
     p.add_argument("--robot", default="panda", help="built-in keypoint config name, or a path to one (default panda)")
-    p.add_argument("--image-topic", default=DEFAULT_IMAGE_TOPIC,
-                   help=f"sensor_msgs/Image or CompressedImage topic (default {DEFAULT_IMAGE_TOPIC})")
-    p.add_argument("--camera-info-topic", default=DEFAULT_CAMERA_INFO_TOPIC,
-                   help=f"default {DEFAULT_CAMERA_INFO_TOPIC}")
-    p.add_argument("--joint-states-topic", default=DEFAULT_JOINT_STATES_TOPIC,
-                   help=f"default {DEFAULT_JOINT_STATES_TOPIC}")
+    add_topic_arguments(p)
     p.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES,
                    help=f"stop once the collection holds this many samples (default {DEFAULT_MAX_SAMPLES})")
     p.add_argument("--quota-mb", type=float, default=DEFAULT_QUOTA_BYTES / 1024 ** 2,

@@ -20,28 +20,21 @@ from tqdm import tqdm
 
 from ..core.camera import CameraModelError
 from ..core.estimator import KeypointDetector
-from ..core.msgfields import (camera_info_msg_to_camera, compressed_image_msg_to_rgb, image_msg_to_rgb,
-                              joint_state_msg_to_positions, stamp_to_ns)
+from ..core.msgfields import camera_info_msg_to_camera, joint_state_msg_to_positions, stamp_to_ns
 from ..core.pipeline import ReplayScheduler
 from ..core.robot import KeypointSpec, RobotModel, RobotModelError
 from ..core.timesync import JointHistoryConfig
-from ..eval.bagio import BagReadError, bag_info, read_bag_messages
+from ..eval.bagio import (CAMERA_INFO_MSGTYPE, IMAGE_MSGTYPES, JOINT_STATE_MSGTYPE, BagReadError, bag_info,
+                          read_bag_messages)
 from ..sim.bag import DEFAULT_CAMERA_INFO_TOPIC, DEFAULT_IMAGE_TOPIC, DEFAULT_JOINT_STATES_TOPIC
 from .collector import Collector, Decision, DetectorMismatchError, ImageEvent
 from .dataset import DEFAULT_MAX_SAMPLES, DEFAULT_QUOTA_BYTES, CollectionError, CollectionWriter
 from .selection import CollectorConfig
 
-__all__ = ["CollectInputError", "CollectResult", "collect_bag", "IMAGE_DECODERS"]
+__all__ = ["CollectInputError", "CollectResult", "collect_bag"]
 
 logger = logging.getLogger(__name__)
 
-#: image message type -> the node's decoder
-IMAGE_DECODERS = {
-    "sensor_msgs/msg/Image": image_msg_to_rgb,
-    "sensor_msgs/msg/CompressedImage": compressed_image_msg_to_rgb,
-}
-_CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
-_JOINT_STATE = "sensor_msgs/msg/JointState"
 _MIB = 1024 ** 2
 
 
@@ -108,9 +101,9 @@ def _check_topics(bag: Path, image_topic: str, camera_info_topic: str, joint_sta
         info = bag_info(bag)
     except BagReadError as exc:
         raise CollectInputError(str(exc)) from exc
-    for topic, types, what in ((image_topic, set(IMAGE_DECODERS), "image"),
-                               (camera_info_topic, {_CAMERA_INFO}, "camera_info"),
-                               (joint_states_topic, {_JOINT_STATE}, "joint states")):
+    for topic, types, what in ((image_topic, set(IMAGE_MSGTYPES), "image"),
+                               (camera_info_topic, {CAMERA_INFO_MSGTYPE}, "camera_info"),
+                               (joint_states_topic, {JOINT_STATE_MSGTYPE}, "joint states")):
         if topic not in info.topics:
             alts = sorted(t for t, m in info.topics.items() if m in types)
             raise CollectInputError(f"bag {bag} has no {what} topic {topic!r}" +
@@ -209,7 +202,7 @@ def collect_bag(
         collector = Collector(writer, required_joints=robot_model.required_joints(spec.links), config=config,
                               detector=detector, joint_history=joint_history)
         scheduler = ReplayScheduler(collector, max_wait_s=max_joint_wait_s)
-        decode = IMAGE_DECODERS[image_msgtype]
+        decode = IMAGE_MSGTYPES[image_msgtype]
         decisions: list[Decision] = []
         warnings: list[str] = []
         warned: set[str] = set()

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import numpy as np
 
 # Field decoders shared with the ROS node (duck-typed, so they accept rosbags messages too).
 from ..core.msgfields import (SUPPORTED_IMAGE_ENCODINGS, ImageEncodingError, camera_info_msg_to_camera,
@@ -37,9 +36,20 @@ __all__ = [
     "compressed_image_msg_to_rgb",
     "camera_info_msg_to_camera",
     "joint_state_msg_to_positions",
+    "IMAGE_MSGTYPES",
+    "CAMERA_INFO_MSGTYPE",
+    "JOINT_STATE_MSGTYPE",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: image message type -> decoder (the node's own)
+IMAGE_MSGTYPES = {
+    "sensor_msgs/msg/Image": image_msg_to_rgb,
+    "sensor_msgs/msg/CompressedImage": compressed_image_msg_to_rgb,
+}
+CAMERA_INFO_MSGTYPE = "sensor_msgs/msg/CameraInfo"
+JOINT_STATE_MSGTYPE = "sensor_msgs/msg/JointState"
 
 
 class BagReadError(RuntimeError):

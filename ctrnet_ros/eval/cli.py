@@ -20,12 +20,23 @@ from typing import Sequence
 from ..core.pipeline import MODES
 from ..sim.bag import DEFAULT_CAMERA_INFO_TOPIC, DEFAULT_IMAGE_TOPIC, DEFAULT_JOINT_STATES_TOPIC
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_BAD_INPUT"]
+__all__ = ["main", "build_parser", "add_topic_arguments", "EXIT_OK", "EXIT_BAD_INPUT"]
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 
 _LOG = logging.getLogger("ctrnet_eval")
+
+
+def add_topic_arguments(p: argparse.ArgumentParser) -> None:
+    """``--image-topic``, ``--camera-info-topic`` and ``--joint-states-topic``: the bag's inputs, as the node
+    subscribes to them (also ``ctrnet-collect``'s)."""
+    p.add_argument("--image-topic", default=DEFAULT_IMAGE_TOPIC,
+                   help=f"sensor_msgs/Image or CompressedImage topic (default {DEFAULT_IMAGE_TOPIC})")
+    p.add_argument("--camera-info-topic", default=DEFAULT_CAMERA_INFO_TOPIC,
+                   help=f"default {DEFAULT_CAMERA_INFO_TOPIC}")
+    p.add_argument("--joint-states-topic", default=DEFAULT_JOINT_STATES_TOPIC,
+                   help=f"default {DEFAULT_JOINT_STATES_TOPIC}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,12 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (torch backend)")
     p.add_argument("--threads", type=int, default=0,
                    help="inference threads (default 0: the backend's default, all cores)")
-    p.add_argument("--image-topic", default=DEFAULT_IMAGE_TOPIC,
-                   help=f"sensor_msgs/Image or CompressedImage topic (default {DEFAULT_IMAGE_TOPIC})")
-    p.add_argument("--camera-info-topic", default=DEFAULT_CAMERA_INFO_TOPIC,
-                   help=f"default {DEFAULT_CAMERA_INFO_TOPIC}")
-    p.add_argument("--joint-states-topic", default=DEFAULT_JOINT_STATES_TOPIC,
-                   help=f"default {DEFAULT_JOINT_STATES_TOPIC}")
+    add_topic_arguments(p)
     p.add_argument("--robot", default="panda", help="built-in keypoint config name, or a path to one (default panda)")
     p.add_argument("--mode", choices=MODES, default="static",
                    help="static: fused calibration of a fixed camera; moving: filtered per-frame poses")

@@ -40,8 +40,8 @@ from ..core.robot import KeypointSpec, RobotModel, RobotModelError
 from ..sim.bag import (DEFAULT_CAMERA_INFO_TOPIC, DEFAULT_IMAGE_TOPIC, DEFAULT_JOINT_STATES_TOPIC,
                        GROUNDTRUTH_FILENAME)
 from ..sim.groundtruth import GroundTruth, GroundTruthError
-from .bagio import (BagInfo, BagReadError, ImageEncodingError, bag_info, camera_info_msg_to_camera,
-                    compressed_image_msg_to_rgb, image_msg_to_rgb, joint_state_msg_to_positions,
+from .bagio import (CAMERA_INFO_MSGTYPE, IMAGE_MSGTYPES, JOINT_STATE_MSGTYPE, BagInfo, BagReadError,
+                    ImageEncodingError, bag_info, camera_info_msg_to_camera, joint_state_msg_to_positions,
                     read_bag_messages, stamp_to_ns)
 from .metrics import add_distances
 
@@ -64,13 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: image message type -> decoder (the node's own)
-IMAGE_MSGTYPES = {
-    "sensor_msgs/msg/Image": image_msg_to_rgb,
-    "sensor_msgs/msg/CompressedImage": compressed_image_msg_to_rgb,
-}
-CAMERA_INFO_MSGTYPE = "sensor_msgs/msg/CameraInfo"
-JOINT_STATE_MSGTYPE = "sensor_msgs/msg/JointState"
 #: overlay samples are kept at most this wide (pixels), to bound memory on large images
 _SAMPLE_MAX_WIDTH = 480
 _NS_PER_S = 1_000_000_000

@@ -217,35 +217,31 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.utilities import remove_ros_args
 
-    from ..eval.bagio import BagReadError
+    from .entry_point import run_node
 
     argv = list(sys.argv if argv is None else argv)
     args = _parse_args(remove_ros_args(argv)[1:])
     logging.basicConfig(level=logging.INFO, format="[ctrnet-play] %(message)s")
-    rclpy.init(args=argv)
-    node = None
+    return run_node(lambda: rclpy.create_node("ctrnet_player"), argv=argv, run=lambda node: _play(node, args))
+
+
+def _play(node, args: argparse.Namespace) -> int:
+    """Play the bag of ``args`` through ``node``; 2 when the bag cannot be played."""
+    from ..eval.bagio import BagReadError
+
     try:
-        node = rclpy.create_node("ctrnet_player")
-        try:
-            player = BagPlayer(node, args.bag, rate=args.rate, topics=args.topics, clock=args.clock)
-        except (BagReadError, ValueError) as exc:
-            _LOG.error("%s", exc)
-            return 2
-        if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers):
-            _LOG.warning("not every topic has a subscriber after %.1f s; playing anyway", args.wait_for_subscribers)
-        summary = player.play()
-        _LOG.info("played %s in %.1f s (bag span %.1f s, worst lag %.0f ms)",
-                  ", ".join(f"{t}: {n}" for t, n in summary.published.items()), summary.duration_s,
-                  summary.bag_duration_s, summary.max_lag_s * 1e3)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        player = BagPlayer(node, args.bag, rate=args.rate, topics=args.topics, clock=args.clock)
+    except (BagReadError, ValueError) as exc:
+        _LOG.error("%s", exc)
+        return 2
+    if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers):
+        _LOG.warning("not every topic has a subscriber after %.1f s; playing anyway", args.wait_for_subscribers)
+    summary = player.play()
+    _LOG.info("played %s in %.1f s (bag span %.1f s, worst lag %.0f ms)",
+              ", ".join(f"{t}: {n}" for t, n in summary.published.items()), summary.duration_s,
+              summary.bag_duration_s, summary.max_lag_s * 1e3)
     return 0
 
 

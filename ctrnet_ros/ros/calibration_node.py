@@ -23,7 +23,6 @@ Thin glue around the core. Data flow::
 from __future__ import annotations
 
 import array
-import copy
 import dataclasses
 import math
 import os
@@ -38,8 +37,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from diagnostic_msgs.msg import DiagnosticArray
@@ -57,7 +55,8 @@ from .calibration_file import CalibrationFileError, SavedCalibration, load_calib
 from .conversions import (left_covariance_to_ros, matrix_to_pose_with_covariance_stamped,
                           matrix_to_transform_stamped, ros_covariance_to_left)
 from .diagnostics import CalibrationSummary, NodeStats, make_diagnostic_array
-from .latest_slot import LatestSlot
+from .input_subscriptions import subscribe_camera_and_joints
+from .latest_slot import LatestSlot, close_and_join
 from .overlay import render_overlay
 from .parameters import RUNTIME_PARAMETERS, NodeConfig, ParameterValidationError, declare_and_read
 from .tf_broadcast import StaticTransformBroadcaster, TransformBroadcaster
@@ -187,17 +186,11 @@ class CalibrationNode(Node):
         # reload on ~/reload or a parameter change, URDF parsing, ~/save file I/O); a dropped joint-state
         # burst would otherwise reject the frames around it as gapped.
         self._input_group = MutuallyExclusiveCallbackGroup()
-        # Sensor-data QoS (best effort) matches any camera publisher. Where a best-effort transport
-        # loses large images, set qos_overrides.<image topic>.subscription.reliability: reliable.
-        # A copy: QoS overrides modify the profile object in place, and qos_profile_sensor_data is shared.
-        self.create_subscription(CompressedImage if cfg.compressed else Image, cfg.subscribed_image_topic,
-                                 self._on_image, copy.copy(qos_profile_sensor_data), callback_group=self._input_group,
-                                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
-        self.create_subscription(CameraInfo, cfg.camera_info_topic, self._on_camera_info, qos_profile_sensor_data,
-                                 callback_group=self._input_group)
-        self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_states,
-                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE),
-                                 callback_group=self._input_group)
+        subscribe_camera_and_joints(
+            self, image_topic=cfg.subscribed_image_topic, compressed=cfg.compressed,
+            camera_info_topic=cfg.camera_info_topic, joint_states_topic=cfg.joint_states_topic,
+            on_image=self._on_image, on_camera_info=self._on_camera_info, on_joint_states=self._on_joint_states,
+            callback_group=self._input_group)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(String, "/robot_description", self._on_robot_description, latched)
@@ -588,7 +581,5 @@ class CalibrationNode(Node):
     def destroy_node(self):
         slot = getattr(self, "_slot", None)
         if slot is not None:
-            slot.close()
-            if self._worker.is_alive() and self._worker is not threading.current_thread():
-                self._worker.join(timeout=10.0)
+            close_and_join(slot, self._worker)
         return super().destroy_node()

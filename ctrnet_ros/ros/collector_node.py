@@ -20,7 +20,6 @@ runs on bags. Data flow::
 
 from __future__ import annotations
 
-import copy
 import threading
 import traceback
 
@@ -28,9 +27,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
+from sensor_msgs.msg import CameraInfo, JointState
 from std_srvs.srv import Trigger
 
 from ..collect.collector import Collector, DetectorMismatchError
@@ -41,7 +38,8 @@ from ..core.robot import RobotModel, RobotModelError
 from .calibration_node import NodeSetupError, load_keypoint_spec
 from .collector_parameters import CollectorNodeConfig, declare_and_read_collector
 from .diagnostics import make_diagnostic_array
-from .latest_slot import LatestSlot
+from .input_subscriptions import subscribe_camera_and_joints
+from .latest_slot import LatestSlot, close_and_join
 from .parameters import ParameterValidationError
 
 __all__ = ["CollectorNode", "NodeSetupError", "ParameterValidationError", "collector_status", "ERROR_REASONS"]
@@ -169,15 +167,11 @@ class CollectorNode(Node):
         # The input callbacks get their own group on a MultiThreadedExecutor, so that joint states keep
         # flowing while a service or the diagnostics timer runs.
         self._input_group = MutuallyExclusiveCallbackGroup()
-        # Sensor-data QoS (best effort) matches any camera; a copy, since QoS overrides modify it in place.
-        self.create_subscription(CompressedImage if cfg.compressed else Image, cfg.subscribed_image_topic,
-                                 self._on_image, copy.copy(qos_profile_sensor_data), callback_group=self._input_group,
-                                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
-        self.create_subscription(CameraInfo, cfg.camera_info_topic, self._on_camera_info, qos_profile_sensor_data,
-                                 callback_group=self._input_group)
-        self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_states,
-                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE),
-                                 callback_group=self._input_group)
+        subscribe_camera_and_joints(
+            self, image_topic=cfg.subscribed_image_topic, compressed=cfg.compressed,
+            camera_info_topic=cfg.camera_info_topic, joint_states_topic=cfg.joint_states_topic,
+            on_image=self._on_image, on_camera_info=self._on_camera_info, on_joint_states=self._on_joint_states,
+            callback_group=self._input_group)
         self.create_service(Trigger, "~/pause", self._on_pause)
         self.create_service(Trigger, "~/resume", self._on_resume)
         # Steady clock: diagnostics keep flowing under use_sim_time even when no /clock is published.
@@ -305,9 +299,7 @@ class CollectorNode(Node):
     def destroy_node(self):
         slot = getattr(self, "_slot", None)
         if slot is not None:
-            slot.close()
-            if self._worker.is_alive() and self._worker is not threading.current_thread():
-                self._worker.join(timeout=10.0)
+            close_and_join(slot, self._worker)
         writer = getattr(self, "_writer", None)
         if writer is not None:
             writer.close()

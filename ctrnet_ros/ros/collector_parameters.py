@@ -15,7 +15,8 @@ from ..collect.dataset import DEFAULT_MAX_SAMPLES, DEFAULT_QUOTA_BYTES
 from ..collect.selection import CollectorConfig
 from ..core.timesync import JointHistoryConfig
 from .parameters import (BACKENDS, ParameterValidationError, ParamSpec, declare_parameter_table,
-                         default_camera_info_topic)
+                         default_camera_info_topic, image_subscription_topic, input_topic_problems,
+                         joint_history_config, split_providers)
 
 __all__ = ["COLLECTOR_PARAMETERS", "CollectorNodeConfig", "declare_and_read_collector"]
 
@@ -103,7 +104,7 @@ class CollectorNodeConfig:
 
     @property
     def subscribed_image_topic(self) -> str:
-        return self.image_topic.rstrip("/") + "/compressed" if self.compressed else self.image_topic
+        return image_subscription_topic(self.image_topic, self.compressed)
 
 
 def declare_and_read_collector(node) -> CollectorNodeConfig:
@@ -122,9 +123,7 @@ def declare_and_read_collector(node) -> CollectorNodeConfig:
         problems.append(f"output_directory: {out!r} exists and is not a folder")
     if v["model"] and not os.path.isfile(v["model"]):
         problems.append(f"model: file {v['model']!r} does not exist (working directory {os.getcwd()})")
-    for name in ("image_topic", "joint_states_topic"):
-        if not v[name].strip():
-            problems.append(f"{name}: must not be empty")
+    problems += input_topic_problems(v)
     if v["base_frame"].startswith("/"):
         problems.append(f"base_frame: TF frame ids must not start with '/' (got {v['base_frame']!r})")
     if problems:
@@ -133,14 +132,12 @@ def declare_and_read_collector(node) -> CollectorNodeConfig:
         min_joint_distance=v["min_joint_distance"], min_sharpness=v["min_sharpness"],
         sharpness_width=v["sharpness_width"], min_confidence=v["min_confidence"],
         min_mask_fraction=v["min_mask_fraction"], max_rate_hz=v["max_rate_hz"])
-    history = JointHistoryConfig(max_extrapolation_s=v["max_joint_extrapolation_s"], max_gap_s=v["max_joint_gap_s"],
-                                 history_s=v["joint_history_s"])
     return CollectorNodeConfig(
         output_directory=out, max_samples=v["max_samples"], quota_bytes=int(v["quota_mb"] * 1024 ** 2),
         start_paused=v["start_paused"], selection=selection, model=v["model"], backend=v["backend"],
-        device=v["device"], providers=tuple(p.strip() for p in v["providers"].split(",") if p.strip()),
+        device=v["device"], providers=split_providers(v["providers"]),
         robot=v["robot"], robot_description=v["robot_description"], base_frame=v["base_frame"],
         image_topic=v["image_topic"],
         camera_info_topic=v["camera_info_topic"] or default_camera_info_topic(v["image_topic"]),
-        joint_states_topic=v["joint_states_topic"], compressed=v["compressed"], joint_history=history,
+        joint_states_topic=v["joint_states_topic"], compressed=v["compressed"], joint_history=joint_history_config(v),
         joint_wait_s=v["joint_wait_s"], diagnostics_period_s=v["diagnostics_period_s"])

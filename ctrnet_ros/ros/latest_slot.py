@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Generic, TypeVar
 
-__all__ = ["LatestSlot"]
+__all__ = ["LatestSlot", "close_and_join"]
 
 T = TypeVar("T")
 
@@ -55,3 +55,13 @@ class LatestSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def close_and_join(slot: LatestSlot, worker: threading.Thread, *, timeout: float = 10.0) -> None:
+    """Close ``slot`` and wait up to ``timeout`` seconds for ``worker``, its consumer thread, to end.
+
+    Safe from the worker itself (it is then not joined) and after the worker has ended.
+    """
+    slot.close()
+    if worker.is_alive() and worker is not threading.current_thread():
+        worker.join(timeout=timeout)

@@ -26,7 +26,8 @@ from ..core.fusion import FusionConfig, MovingFilterConfig
 from ..core.timesync import JointHistoryConfig
 
 __all__ = ["ParamSpec", "PARAMETERS", "RUNTIME_PARAMETERS", "NodeConfig", "ParameterValidationError",
-           "declare_and_read", "declare_parameter_table", "default_camera_info_topic", "MODES", "BACKENDS"]
+           "declare_and_read", "declare_parameter_table", "default_camera_info_topic", "image_subscription_topic",
+           "input_topic_problems", "joint_history_config", "split_providers", "MODES", "BACKENDS"]
 
 MODES = ("static", "moving")
 BACKENDS = ("auto", "onnxruntime", "torch")
@@ -165,6 +166,30 @@ def default_camera_info_topic(image_topic: str) -> str:
     return f"{head}/camera_info" if head else "camera_info"
 
 
+def image_subscription_topic(image_topic: str, compressed: bool) -> str:
+    """The topic a node subscribes to: ``<image_topic>/compressed`` when ``compressed`` (image_transport's
+    convention), else ``image_topic``."""
+    return image_topic.rstrip("/") + "/compressed" if compressed else image_topic
+
+
+# The collector node reads the parameters it shares with this node through the helpers below too, so
+# that a camera, joint-state and model set-up means the same to both.
+def input_topic_problems(values: dict[str, Any]) -> list[str]:
+    """Problems with the ``image_topic`` and ``joint_states_topic`` parameter values (empty: none)."""
+    return [f"{name}: must not be empty" for name in ("image_topic", "joint_states_topic") if not values[name].strip()]
+
+
+def joint_history_config(values: dict[str, Any]) -> JointHistoryConfig:
+    """``max_joint_extrapolation_s``, ``max_joint_gap_s`` and ``joint_history_s`` (seconds) -> the history's config."""
+    return JointHistoryConfig(max_extrapolation_s=values["max_joint_extrapolation_s"],
+                              max_gap_s=values["max_joint_gap_s"], history_s=values["joint_history_s"])
+
+
+def split_providers(providers: str) -> tuple[str, ...]:
+    """The ``providers`` parameter, ``"A, B"`` -> ``("A", "B")`` (empty: automatic)."""
+    return tuple(p.strip() for p in providers.split(",") if p.strip())
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Validated parameter values (see :data:`PARAMETERS` for the meaning of each)."""
@@ -199,7 +224,7 @@ class NodeConfig:
 
     @property
     def subscribed_image_topic(self) -> str:
-        return self.image_topic.rstrip("/") + "/compressed" if self.compressed else self.image_topic
+        return image_subscription_topic(self.image_topic, self.compressed)
 
 
 def _type_hint(spec: ParamSpec) -> str:
@@ -262,9 +287,7 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
         problems.append(f"calibration_file: file {v['calibration_file']!r} does not exist")
     if v["save_directory"] and os.path.exists(v["save_directory"]) and not os.path.isdir(v["save_directory"]):
         problems.append(f"save_directory: {v['save_directory']!r} exists and is not a folder")
-    for name in ("image_topic", "joint_states_topic"):
-        if not v[name].strip():
-            problems.append(f"{name}: must not be empty")
+    problems += input_topic_problems(v)
     if v["base_frame"] and v["base_frame"] == v["camera_frame"]:
         problems.append(f"base_frame and camera_frame are both {v['base_frame']!r}")
     for name in ("base_frame", "camera_frame"):
@@ -288,17 +311,16 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
     moving = MovingFilterConfig(max_rmse_px=v["max_rmse_px"], max_jump_m=v["moving.max_jump_m"],
                                 max_jump_deg=v["moving.max_jump_deg"], confirm_frames=v["moving.confirm_frames"],
                                 alpha=v["moving.alpha"])
-    history = JointHistoryConfig(max_extrapolation_s=v["max_joint_extrapolation_s"], max_gap_s=v["max_joint_gap_s"],
-                                 history_s=v["joint_history_s"])
     return NodeConfig(
         model=v["model"], backend=v["backend"], device=v["device"],
-        providers=tuple(p.strip() for p in v["providers"].split(",") if p.strip()),
+        providers=split_providers(v["providers"]),
         robot=v["robot"], robot_description=v["robot_description"], image_topic=v["image_topic"],
         camera_info_topic=v["camera_info_topic"] or default_camera_info_topic(v["image_topic"]),
         joint_states_topic=v["joint_states_topic"], compressed=v["compressed"], base_frame=v["base_frame"],
         camera_frame=v["camera_frame"], publish_inverse=v["publish_inverse"], mode=v["mode"],
         static_when_converged=v["static_when_converged"], tf_static_update_m=v["tf_static_update_m"],
-        tf_static_update_deg=v["tf_static_update_deg"], joint_history=history, joint_wait_s=v["joint_wait_s"],
+        tf_static_update_deg=v["tf_static_update_deg"], joint_history=joint_history_config(v),
+        joint_wait_s=v["joint_wait_s"],
         overlap_inference=v["overlap_inference"],
         min_confidence=v["min_confidence"],
         max_rmse_px=v["max_rmse_px"], calibration_file=v["calibration_file"], save_directory=v["save_directory"],
