@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-
 # Field decoders shared with the ROS node (duck-typed, so they accept rosbags messages too).
 from ..core.msgfields import (SUPPORTED_IMAGE_ENCODINGS, ImageEncodingError, camera_info_msg_to_camera,
                               compressed_image_msg_to_rgb, image_msg_to_rgb, joint_state_msg_to_positions,
