@@ -167,9 +167,10 @@ class CameraToRobotEstimator:
             est.reason, est.detail = "joint_states", str(exc)
             return est
         t1 = time.perf_counter()
+        ahead_ms = 0.0  # network time spent before this call (detect() run ahead), counted as inference
         if prepared is not None and prepared.camera is camera and prepared.image_shape == img.shape:
             tf, det = prepared.input_transform, prepared.detection
-            t1 -= prepared.inference_ms * 1e-3  # report the network's own time as inference
+            ahead_ms = prepared.inference_ms
         else:
             tf = camera.letterbox_transform(*self.detector.input_size)
             det = self.detector.detect(tf.apply_image(img))
@@ -183,18 +184,18 @@ class CameraToRobotEstimator:
             est.reason = "robot_not_visible"
             est.detail = (f"only {int(usable.sum())} of {len(conf)} keypoints detected with confidence >= "
                           f"{self.config.min_confidence:g}; the robot is out of view, occluded or not recognised")
-            est.timings_ms = {"fk": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3}
+            est.timings_ms = {"fk": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3 + ahead_ms}
             return est
         pix = np.where(usable[:, None], uv, np.nan)
         try:
             res = solve_pnp(est.keypoints_base, pix, camera, weights=np.where(usable, conf, 0.0), config=self.config.pnp)
         except PnPError as exc:
             est.reason, est.detail = f"pnp_{exc.reason}", str(exc)
-            est.timings_ms = {"fk": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3}
+            est.timings_ms = {"fk": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3 + ahead_ms}
             return est
         t3 = time.perf_counter()
         est.pnp = res
-        est.timings_ms = {"fk": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "pnp": (t3 - t2) * 1e3}
+        est.timings_ms = {"fk": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3 + ahead_ms, "pnp": (t3 - t2) * 1e3}
         if res.rmse_px > self.config.max_rmse_px:
             est.reason = "poor_fit"
             est.detail = f"reprojection error {res.rmse_px:.1f} px exceeds {self.config.max_rmse_px:g} px"
