@@ -156,3 +156,22 @@ def test_refresh_refuses_bad_inputs_clearly(tmp_path, panda):
     with pytest.raises(RefreshError, match="cannot load the initial model"):
         refresh(RefreshConfig(init=str(tmp_path / "missing.pt"), out_dir=str(tmp_path / "r")),
                 samples=[_Sample(np.zeros((48, 64, 3), np.uint8), cam, CONFIGS[0])], progress=False)
+
+
+def test_agreement_weighting_ignores_renders_that_do_not_resemble_the_mask(panda, renderer):
+    X, links, uv_true = _geometry(panda, renderer)
+    B, K = uv_true.shape[:2]
+    hm_size = (SIZE[0] // STRIDE, SIZE[1] // STRIDE)
+    probs = render_gaussian_heatmaps(torch.from_numpy(uv_true), torch.ones(B, K, dtype=torch.bool), hm_size, STRIDE,
+                                     1.5).clamp(1e-4, 1 - 1e-4)
+    heat = torch.logit(probs).float()
+    empty_mask = torch.full((B, 1, hm_size[1], hm_size[0]), -9.0)  # the "predicted" mask sees no robot at all
+
+    def silhouette(agreement: bool) -> float:
+        t = self_supervised_losses(heat, empty_mask, keypoints_base=X, T_base_link=links, cameras=[CAMERA] * B,
+                                   renderer=renderer, config=RefreshConfig(agreement_weighting=agreement),
+                                   heatmap_stride=STRIDE, heatmaps_are_logits=True, render_size=(80, 60))
+        assert bool(t.ok.all())
+        return float(t.silhouette.detach())
+
+    assert silhouette(False) > 0.0 and silhouette(True) == 0.0

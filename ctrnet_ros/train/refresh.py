@@ -87,6 +87,7 @@ class RefreshConfig:
     rmse_scale_px: float = 3.0  # per-sample weight exp(-rmse / scale), rmse in network-input pixels
     max_rmse_px: float = 15.0  # samples whose PnP RMSE exceeds this (input pixels) get weight 0
     min_agreement_iou: float = 0.5  # mask refinement only from samples whose render and predicted mask agree this well
+    agreement_weighting: bool = False  # also weight the silhouette loss by render/mask agreement (ramp 0.3 -> 0.7 IoU)
     render_scale: float = 0.5  # silhouette rendered at this fraction of the network input size
     render_sigma_px: float = 0.4  # softness of the silhouette edge, render pixels (larger grows the outline)
     max_faces: int = 5000  # mesh decimation budget for the whole robot
@@ -312,8 +313,13 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
         sil = renderer(T.float(), T_base_link.float(), K_r.float(), image_size=(rw, rh))  # (B, rh, rw)
         per_sil = ((sil - mask.detach()) ** 2).mean(dim=(1, 2))
         per_ref = F.binary_cross_entropy_with_logits(m_logits, sil.detach(), reduction="none").mean(dim=(1, 2))
-        l_sil = (w * per_sil).sum() / w.sum().clamp_min(1e-6)
         iou_all = [(_soft_iou(sil[b].detach(), mask[b].detach()) if bool(ok[b]) else float("nan")) for b in range(B)]
+        w_sil = w
+        if config.agreement_weighting:  # trust poses whose render already resembles the mask
+            ramp = torch.tensor([min(1.0, max(0.0, (i - 0.3) / 0.4)) if math.isfinite(i) else 0.0 for i in iou_all],
+                                device=device, dtype=w.dtype)
+            w_sil = w * ramp
+        l_sil = (w_sil * per_sil).sum() / w_sil.sum().clamp_min(1e-6) + 0.0 * hm.sum()
         # A render is a pseudo-label for the segmentation only where it already agrees with it: a wrong
         # pose's silhouette would otherwise teach the mask head the wrong robot (self-reinforcing).
         agree = torch.tensor([i >= config.min_agreement_iou for i in iou_all], device=device)
