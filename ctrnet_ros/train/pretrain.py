@@ -215,14 +215,11 @@ def plot_curves(log_path: Path, png_path: Path, *, title: str = "") -> None:
     if not rows:
         return
 
-    def series(key):
-        return log_series(rows, key)
-
     fig = Figure(figsize=(12, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax_loss, ax_pct, ax_px = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)
     for key in ("loss", "heatmap", "mask", "coord", "val_loss"):
-        x, y = series(key)
+        x, y = log_series(rows, key)
         if x and any(v > 0 for v in y):
             ax_loss.plot(x, y, label=key, marker="o" if key == "val_loss" else None, ms=3)
     ax_loss.set_yscale("log")
@@ -232,7 +229,7 @@ def plot_curves(log_path: Path, png_path: Path, *, title: str = "") -> None:
         ax_loss.legend(fontsize=8)
     for key, label in (("val_pck2", "PCK@2px"), ("val_pck5", "PCK@5px"), ("val_pck10", "PCK@10px"),
                        ("val_add_auc", "ADD AUC (0-100 mm)"), ("val_mask_iou", "mask IoU x100")):
-        x, y = series(key)
+        x, y = log_series(rows, key)
         if x:
             ax_pct.plot(x, [v * 100 if key == "val_mask_iou" else v for v in y], marker="o", ms=3, label=label)
     ax_pct.set_ylim(0, 100)
@@ -241,7 +238,7 @@ def plot_curves(log_path: Path, png_path: Path, *, title: str = "") -> None:
     if ax_pct.get_legend_handles_labels()[0]:
         ax_pct.legend(fontsize=8)
     for key, label in (("val_median_px", "median keypoint error (px)"), ("val_add_median_mm", "median ADD (mm)")):
-        x, y = series(key)
+        x, y = log_series(rows, key)
         if x:
             ax_px.plot(x, y, marker="o", ms=3, label=label)
     ax_px.set_yscale("log")

@@ -54,6 +54,7 @@ from ..net.registry import ModelFileError, load_checkpoint, save_checkpoint
 from .bpnp import differentiable_pnp
 from .config import AugmentConfig
 from .data import photometric_augment
+from .metrics import mask_iou
 from .pretrain import hardware_description, resolve_device
 from .runlog import append_log, log_series, read_log, write_log
 
@@ -119,8 +120,9 @@ class CollectionImages(torch.utils.data.Dataset):
     """Collected samples as network inputs plus the geometry the refresh needs.
 
     Each item: ``image`` (3, H, W) float in [0, 1] at the network input size (letterboxed, undistorted
-    first when the camera has distortion), ``K`` (3, 3) of that input image, ``keypoints_base``
-    (K, 3) metres, ``T_base_link`` (L, 4, 4) for the renderer's links, ``index``.
+    first when the camera has distortion), ``keypoints_base`` (K, 3) metres, ``T_base_link``
+    (L, 4, 4) for the renderer's links, ``index``. ``cameras_in[index]`` is the pinhole camera of
+    that input image (computed once: a collection's cameras do not change).
     """
 
     def __init__(self, samples: Sequence[Any], *, robot: RobotModel, spec: KeypointSpec, links: Sequence[str],
@@ -129,13 +131,13 @@ class CollectionImages(torch.utils.data.Dataset):
         self.robot, self.spec, self.links = robot, spec, list(links)
         self.input_size = tuple(int(v) for v in input_size)
         self.augment, self.seed = bool(augment), int(seed)
+        self.cameras_in = [self._camera_in(s.camera) for s in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def camera_in(self, index: int) -> PinholeCamera:
-        """The pinhole camera of sample ``index``'s network-input image (no distortion)."""
-        cam = self.samples[index].camera
+    def _camera_in(self, cam: PinholeCamera) -> PinholeCamera:
+        """The pinhole camera of a network-input image taken by ``cam`` (undistorted, letterboxed)."""
         cam = PinholeCamera(K=cam.K, D=np.zeros(5), width=cam.width, height=cam.height)
         return cam.transformed(cam.letterbox_transform(*self.input_size))
 
@@ -157,7 +159,6 @@ class CollectionImages(torch.utils.data.Dataset):
             x = img.astype(np.float32) / np.float32(255.0)
         poses = self.robot.link_poses(s.joints, links=self.links)
         return {"image": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
-                "K": torch.from_numpy(self.camera_in(index).K.copy()),
                 "keypoints_base": torch.from_numpy(self.robot.keypoints_base(self.spec, s.joints)),
                 "T_base_link": torch.from_numpy(np.stack([poses[l] for l in self.links])),
                 "index": index}
@@ -197,14 +198,11 @@ def plot_refresh_curves(log_path: Path, png_path: Path, *, title: str = "") -> N
     if not rows:
         return
 
-    def series(key):
-        return log_series(rows, key)
-
     fig = Figure(figsize=(12, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax1, ax2, ax3 = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)
     for key in ("loss", "silhouette", "mask_refine"):
-        x, y = series(key)
+        x, y = log_series(rows, key)
         if x:
             ax1.plot(x, y, label=key)
     if any(float(r.get("loss") or 0) > 0 for r in rows):
@@ -214,7 +212,7 @@ def plot_refresh_curves(log_path: Path, png_path: Path, *, title: str = "") -> N
     ax1.legend(fontsize=8)
     for key, label in (("iou", "render vs predicted mask IoU"), ("pose_ok", "PnP success"),
                        ("weight", "mean sample weight")):
-        x, y = series(key)
+        x, y = log_series(rows, key)
         if x:
             ax2.plot(x, y, label=label)
     ax2.set_ylim(0, 1)
@@ -223,11 +221,11 @@ def plot_refresh_curves(log_path: Path, png_path: Path, *, title: str = "") -> N
     ax2.legend(fontsize=8)
     plotted = False
     for key, label in (("val_add_auc", "val ADD AUC"), ("val_pck5", "val PCK@5")):
-        x, y = series(key)
+        x, y = log_series(rows, key)
         if x:
             ax3.plot(x, y, marker="o", ms=3, label=label)
             plotted = True
-    x, y = series("rmse_px")
+    x, y = log_series(rows, "rmse_px")
     if x:
         ax3b = ax3.twinx()
         ax3b.plot(x, y, color="grey", alpha=0.6, label="median PnP RMSE (px)")
@@ -254,12 +252,6 @@ def _init_distributed() -> tuple[int, int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _soft_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a > 0.5, b > 0.5
-    union = (a | b).sum().item()
-    return float((a & b).sum().item() / union) if union else float("nan")
 
 
 @dataclass
@@ -313,7 +305,8 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
         sil = renderer(T.float(), T_base_link.float(), K_r.float(), image_size=(rw, rh))  # (B, rh, rw)
         per_sil = ((sil - mask.detach()) ** 2).mean(dim=(1, 2))
         per_ref = F.binary_cross_entropy_with_logits(m_logits, sil.detach(), reduction="none").mean(dim=(1, 2))
-        iou_all = [(_soft_iou(sil[b].detach(), mask[b].detach()) if bool(ok[b]) else float("nan")) for b in range(B)]
+        sil_np, mask_np = sil.detach().cpu().numpy(), mask.detach().cpu().numpy()
+        iou_all = [(mask_iou(mask_np[b], sil_np[b]) if bool(ok[b]) else float("nan")) for b in range(B)]
         w_sil = w
         if config.agreement_weighting:  # trust poses whose render already resembles the mask
             ramp = torch.tensor([min(1.0, max(0.0, (i - 0.3) / 0.4)) if math.isfinite(i) else 0.0 for i in iou_all],
@@ -477,7 +470,7 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
             image = batch["image"].to(device)
             B = image.shape[0]
             raw = net(image)
-            cams = [ds.camera_in(int(i)) for i in batch["index"]]
+            cams = [ds.cameras_in[int(i)] for i in batch["index"]]
             terms = self_supervised_losses(
                 raw["heatmaps"], raw["mask_logits"], keypoints_base=batch["keypoints_base"].to(device),
                 T_base_link=batch["T_base_link"].to(device), cameras=cams, renderer=renderer, config=config,
