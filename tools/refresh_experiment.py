@@ -43,11 +43,11 @@ def run(cmd: list[str], log: Path, *, env=None) -> float:
     return time.perf_counter() - t0
 
 
-def ensure_bag(path: Path, seed: int, duration: float, camera_hz: float, log: Path) -> None:
-    if (path / "metadata.yaml").is_file():
-        return
-    run([str(Path(PY).parent / "ctrnet-sim"), "bag", "--domain", "shifted", "--seed", str(seed), "--duration",
-         str(duration), "--camera-hz", str(camera_hz), "--out", str(path)], log)
+def ensure_bag(path: Path, seed: int, duration: float, camera_hz: float) -> None:
+    """A shifted-preset bag at ``path`` (recorded unless complete), camera anywhere in the preset's range."""
+    from ctrnet_ros.ros.replay_session import ensure_sim_bag
+
+    ensure_sim_bag(path, duration_s=duration, seed=seed, domain="shifted", distance_m=None, camera_hz=camera_hz)
 
 
 def evaluate(bag: Path, model: Path, out: Path, log: Path) -> tuple[dict, float]:
@@ -57,7 +57,7 @@ def evaluate(bag: Path, model: Path, out: Path, log: Path) -> tuple[dict, float]
 
 def collect_live(bag: Path, out_dir: Path, work: Path, args) -> tuple[int, float]:
     """Replay ``bag`` into a collector_node subprocess; returns (samples saved, seconds)."""
-    from ctrnet_ros.ros.replay_session import network_is_private, use_large_shm_profile
+    from ctrnet_ros.ros.replay_session import network_is_private, node_command, use_large_shm_profile
 
     if not network_is_private():
         sys.exit("this step starts ROS: run inside a private network namespace (make refresh-experiment)")
@@ -67,9 +67,7 @@ def collect_live(bag: Path, out_dir: Path, work: Path, args) -> tuple[int, float
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(profile)
     params = {"output_directory": str(out_dir), "max_rate_hz": args.max_rate_hz,
               "min_joint_distance": args.min_joint_distance, "max_samples": args.max_samples}
-    cmd = [PY, "-m", "ctrnet_ros.ros.collector_node_main", "--ros-args"]
-    for k, v in params.items():
-        cmd += ["-p", f"{k}:={v}"]
+    cmd = node_command(params, node_name="collector_node", module="ctrnet_ros.ros.collector_node_main")
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     node_log = (work / "collector_node.log").open("w")
@@ -112,8 +110,8 @@ def main(argv=None) -> int:
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     test_bag, collect_bag = ROOT / args.test_bag, ROOT / args.collect_bag
-    ensure_bag(test_bag, args.test_seed, 10.0, 30.0, out / "record_test.log")
-    ensure_bag(collect_bag, args.collect_seed, args.collect_duration, args.collect_hz, out / "record_collect.log")
+    ensure_bag(test_bag, args.test_seed, 10.0, 30.0)
+    ensure_bag(collect_bag, args.collect_seed, args.collect_duration, args.collect_hz)
 
     before, t_eval_a = evaluate(test_bag, ROOT / args.model, out / "eval_before", out / "eval_before.log")
     print(f"A: ADD AUC {before['add_auc']:.2f} ({before['frames_with_estimate']}/{before['frames']} frames)")

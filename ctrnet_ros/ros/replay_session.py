@@ -79,11 +79,11 @@ def network_is_private() -> bool:
 
 def ensure_sim_bag(path: str | os.PathLike, *, duration_s: float = 10.0, seed: int = 1, width: int = 640,
                    height: int = 480, domain: str = "train", distance_m: tuple[float, float] | None = (1.1, 1.5),
-                   progress: bool = True) -> Path:
+                   camera_hz: float = 30.0, progress: bool = True) -> Path:
     """Reuse the sim bag at ``path`` if complete, else record it (:func:`~ctrnet_ros.sim.recording.record_sim_bag`).
 
     ``distance_m`` places the camera the way a fixed calibration camera usually is (1.1-1.5 m from the
-    robot's sweep) rather than anywhere in the preset's 0.8-2.5 m.
+    robot's sweep) rather than anywhere in the preset's 0.8-2.5 m; None keeps the preset's range.
     """
     from ..sim.bag import GROUNDTRUTH_FILENAME
 
@@ -96,13 +96,14 @@ def ensure_sim_bag(path: str | os.PathLike, *, duration_s: float = 10.0, seed: i
         shutil.rmtree(path)  # an interrupted recording: start over
     path.parent.mkdir(parents=True, exist_ok=True)
     record_sim_bag(path, domain=domain, duration_s=duration_s, seed=seed, width=width, height=height,
-                   domain_overrides={"distance_m": tuple(distance_m)} if distance_m else None, progress=progress)
+                   camera_hz=camera_hz, domain_overrides={"distance_m": tuple(distance_m)} if distance_m else None, progress=progress)
     return path
 
 
-def node_command(params: Mapping[str, object], *, node_name: str = "ctrnet_node") -> list[str]:
-    """argv of a ctrnet_node subprocess with ``-p name:=value`` for each parameter."""
-    cmd = [sys.executable, "-m", "ctrnet_ros.ros.ctrnet_node_main", "--ros-args", "-r", f"__node:={node_name}"]
+def node_command(params: Mapping[str, object], *, node_name: str = "ctrnet_node",
+                 module: str = "ctrnet_ros.ros.ctrnet_node_main") -> list[str]:
+    """argv of a node subprocess (``python -m module``, default ctrnet_node) with ``-p name:=value`` per parameter."""
+    cmd = [sys.executable, "-m", module, "--ros-args", "-r", f"__node:={node_name}"]
     for name, value in params.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
         cmd += ["-p", f"{name}:={text}"]
