@@ -6,6 +6,7 @@ and a tiny ``ctrnet_slim`` (width 8); everything on CPU, seeded, float32.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -18,7 +19,9 @@ from ctrnet_ros.eval.metrics import add_auc, add_distances  # noqa: E402
 from ctrnet_ros.net.decode import decode_heatmaps, heatmap_to_input_coords  # noqa: E402
 from ctrnet_ros.net.registry import build_model, load_checkpoint  # noqa: E402
 from ctrnet_ros.train.config import PRESETS, AugmentConfig, TrainConfig, config_from_dict, config_to_dict  # noqa: E402
-from ctrnet_ros.train.data import KeypointTrainDataset, StepBatchSampler, open_datasets, prepare_sample  # noqa: E402
+from ctrnet_ros.train.data import (KeypointTrainDataset, StepBatchSampler, motion_blur_kernel,  # noqa: E402
+                                   open_datasets, photometric_augment, prepare_sample)
+from ctrnet_ros.train.export_cli import _training_summary  # noqa: E402
 from ctrnet_ros.train.losses import model_losses  # noqa: E402
 from ctrnet_ros.train.metrics import KeypointMetrics, keypoint_errors, pck, pose_from_keypoints  # noqa: E402
 from ctrnet_ros.train.pretrain import TrainingError, lr_at, pretrain  # noqa: E402
@@ -93,6 +96,35 @@ def test_augmentation_keeps_keypoints_on_the_image_content():
         np.testing.assert_allclose(heatmap_to_input_coords(uv_hm, 4)[0, 0].numpy(), kp, atol=0.05)
         checked += 1
     assert checked >= 15
+
+
+def test_camera_augmentation_moves_no_keypoint():
+    """White balance, gamma and the (centred) motion blur change pixels, never where the dot is."""
+    frame = _dot_frame(sigma=2.0)
+    augment = dataclasses.replace(AugmentConfig.camera(), geometric_prob=0.0, noise_prob=0.0, jpeg_prob=0.0,
+                                  motion_blur_prob=1.0, motion_blur_px=(4.0, 8.0))
+    kernel = motion_blur_kernel(6.0, 0.7)
+    np.testing.assert_allclose(kernel, kernel[::-1, ::-1])  # point-symmetric
+    assert kernel.sum() == pytest.approx(1.0)
+    plain = prepare_sample(frame, input_size=SIZE, heatmap_stride=4, sigma=1.0, augment=None, rng=None)
+    for seed in range(10):
+        sample = prepare_sample(frame, input_size=SIZE, heatmap_stride=4, sigma=1.0, augment=augment,
+                                rng=np.random.default_rng(seed))
+        assert not torch.allclose(sample["image"], plain["image"])
+        found = _dot_centre(sample["image"].numpy().mean(axis=0))
+        assert np.linalg.norm(found - sample["keypoints"][0].numpy()) < 0.5, (seed, found)
+
+
+def test_older_augment_configs_keep_their_draws():
+    """The camera effects are drawn after the older ones and only when enabled: old configs reproduce."""
+    image = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    a = photometric_augment(image, np.random.default_rng(3), AugmentConfig())
+    b = photometric_augment(image, np.random.default_rng(3), AugmentConfig(white_balance=0.0, motion_blur_prob=0.0))
+    np.testing.assert_array_equal(a, b)
+    c = photometric_augment(image, np.random.default_rng(3), AugmentConfig(white_balance=0.2))
+    assert not np.array_equal(a, c)
+    with pytest.raises(ValueError, match="white_balance"):
+        AugmentConfig(white_balance=1.5)
 
 
 def test_without_augmentation_the_sample_is_the_estimators_letterbox():
@@ -198,6 +230,30 @@ def test_resume_refuses_to_change_what_is_learned(tiny_data, tmp_path):
     pretrain(_config(tiny_data, tmp_path, steps=2), progress=False)
     with pytest.raises(TrainingError, match="cannot change"):
         pretrain(_config(tiny_data, tmp_path, steps=2, lr=1.0), resume=True, explicit_fields={"lr"}, progress=False)
+
+
+def test_warm_start_takes_the_weights_and_records_the_chain(tiny_data, tmp_path):
+    first = pretrain(_config(tiny_data, tmp_path / "a", steps=3), progress=False)
+    second = pretrain(_config(tiny_data, tmp_path / "b", init=first["last"], steps=4), stop_after=0, progress=False)
+    assert second["step"] == 0  # nothing trained yet: the weights are exactly the init's
+    m_a, _, _ = load_checkpoint(first["last"])
+    m_b, _, extra = load_checkpoint(second["last"])
+    for (name, a), b in zip(m_a.state_dict().items(), m_b.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert extra["init_from"]["step"] == 3 and extra["init_from"]["checkpoint"] == first["last"]
+    third = pretrain(_config(tiny_data, tmp_path / "b", init=first["last"], steps=4), resume=True, progress=False)
+    assert third["step"] == 4
+    _, _, extra = load_checkpoint(third["last"])
+    summary = _training_summary(extra)
+    assert [c["step"] for c in summary["warm_start_from"]] == [3]
+    assert summary["total_images_seen_incl_warm_start"] == (3 + 4) * 4
+
+
+def test_warm_start_refuses_another_model_config(tiny_data, tmp_path):
+    first = pretrain(_config(tiny_data, tmp_path / "a", steps=1), progress=False)
+    other = {**TINY_MODEL, "head_channels": TINY_MODEL.get("head_channels", 16) * 2}
+    with pytest.raises(TrainingError, match="model config"):
+        pretrain(_config(tiny_data, tmp_path / "b", init=first["last"], model=other), progress=False)
 
 
 def test_validation_writes_metrics_curves_and_best(tiny_data, tmp_path):

@@ -41,7 +41,7 @@ _OVERRIDES = {
     "workers": "num_workers", "time_limit": "time_limit_min", "val_every": "val_every",
     "val_frames": "val_max_frames", "checkpoint_every": "checkpoint_every", "allow_incomplete": "allow_incomplete",
     "amp": "amp", "cpu_bf16": "cpu_bf16", "input_size": "input_size", "sigma": "heatmap_sigma",
-    "log_every": "log_every",
+    "log_every": "log_every", "init": "init",
 }
 
 
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default: the preset's runs/<name>)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps of the whole run")
     p.add_argument("--epochs", type=float, default=None, help="run length in epochs instead of steps")
+    p.add_argument("--init", default=None, metavar="PT",
+                   help="warm start from this checkpoint's weights (same arch/model config): new optimizer and LR "
+                        "schedule, e.g. a cpu_finetune run after cpu_small")
     p.add_argument("--resume", action="store_true",
                    help="continue <out>/last.pt if it exists, with its stored config (only where/how long it runs "
                         "may change: data/val paths, --steps, --time-limit, threads, workers, intervals)")

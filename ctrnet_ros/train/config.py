@@ -45,16 +45,26 @@ class AugmentConfig:
     noise_std: tuple[float, float] = (0.005, 0.03)  # its standard deviation range, in [0, 1] intensity units
     jpeg_prob: float = 0.3  # probability of a JPEG round trip
     jpeg_quality: tuple[int, int] = (40, 95)  # its quality range
+    # Camera-pipeline effects (off by default; drawn after the ones above, so enabling them does not
+    # reshuffle the older draws):
+    white_balance: float = 0.0  # per-channel gains drawn from [1 - w, 1 + w] (light colour / white-balance error)
+    gamma: tuple[float, float] = (1.0, 1.0)  # output gamma, log-uniform in this range
+    motion_blur_prob: float = 0.0  # probability of a linear motion blur (centred kernel, so labels stay valid)
+    motion_blur_px: tuple[float, float] = (2.0, 8.0)  # its length range, input pixels
 
     def __post_init__(self):
-        for name in ("scale_range", "blur_sigma", "noise_std", "jpeg_quality"):
+        for name in ("scale_range", "blur_sigma", "noise_std", "jpeg_quality", "gamma", "motion_blur_px"):
             value = tuple(getattr(self, name))
             if len(value) != 2 or value[0] > value[1]:
                 raise ValueError(f"augment.{name} must be a (low, high) pair, got {value!r}")
             object.__setattr__(self, name, value)
         if self.scale_range[0] <= 0:
             raise ValueError(f"augment.scale_range must be positive, got {self.scale_range}")
-        for name in ("geometric_prob", "blur_prob", "noise_prob", "jpeg_prob"):
+        if self.gamma[0] <= 0:
+            raise ValueError(f"augment.gamma must be positive, got {self.gamma}")
+        if not 0.0 <= self.white_balance < 1.0:
+            raise ValueError(f"augment.white_balance must be in [0, 1), got {self.white_balance}")
+        for name in ("geometric_prob", "blur_prob", "noise_prob", "jpeg_prob", "motion_blur_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"augment.{name} must be a probability, got {getattr(self, name)}")
 
@@ -62,7 +72,18 @@ class AugmentConfig:
     def none(cls) -> "AugmentConfig":
         """No augmentation at all (validation, tests)."""
         return cls(geometric_prob=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, blur_prob=0.0,
-                   noise_prob=0.0, jpeg_prob=0.0)
+                   noise_prob=0.0, jpeg_prob=0.0, white_balance=0.0, gamma=(1.0, 1.0), motion_blur_prob=0.0)
+
+    @classmethod
+    def camera(cls) -> "AugmentConfig":
+        """Stronger camera-pipeline variation (white balance, gamma, motion blur, low JPEG quality).
+
+        Generic robustness to the camera, not a copy of any sim preset; used by the ``cpu_finetune``
+        preset.
+        """
+        return cls(brightness=0.4, contrast=0.35, saturation=0.4, hue=0.04, blur_prob=0.3, blur_sigma=(0.3, 1.5),
+                   noise_prob=0.4, noise_std=(0.005, 0.04), jpeg_prob=0.4, jpeg_quality=(25, 95),
+                   white_balance=0.15, gamma=(0.75, 1.35), motion_blur_prob=0.25, motion_blur_px=(2.0, 7.0))
 
 
 @dataclass(frozen=True)
@@ -75,6 +96,7 @@ class TrainConfig:
     model: Mapping[str, Any] = field(default_factory=dict)  # overrides of the arch's config dataclass fields
     input_size: tuple[int, int] = (320, 240)  # network input (W, H); camera images are letterboxed into it
     decode_method: str = "quadratic"  # heatmap decoding stored with the model (quadratic: sub-pixel log-parabola)
+    init: str | None = None  # warm start from this checkpoint's weights (same arch and model config); fresh optimizer and LR schedule
     # --- data ---
     data: tuple[str, ...] = ()  # training dataset directories (ctrnet-sim dataset), concatenated
     val: str | None = None  # validation dataset directory (any camera resolution), or None
@@ -149,6 +171,14 @@ PRESETS: dict[str, TrainConfig] = {
         input_size=(320, 240), batch_size=16, lr=2e-3, steps=5000, warmup_steps=150, coord_start_step=500,
         cpu_bf16=True, threads=1, num_workers=1, out_dir="runs/cpu_small", checkpoint_every=100, val_every=500,
         val_max_frames=300,
+    ),
+    # Continue a finished cpu_small run (--init its last.pt) with a second, lower cosine cycle and the
+    # stronger camera augmentation: the way to keep improving a model across CPU sessions.
+    "cpu_finetune": TrainConfig(
+        preset="cpu_finetune", arch="ctrnet_resnet18", model=dict(trunk_width=32, head_channels=64, mask_channels=32),
+        input_size=(320, 240), batch_size=16, lr=6e-4, steps=6000, warmup_steps=100, coord_start_step=0,
+        augment=AugmentConfig.camera(), cpu_bf16=True, threads=1, num_workers=1, out_dir="runs/cpu_finetune",
+        checkpoint_every=100, val_every=1000, val_max_frames=300,
     ),
     "gpu": TrainConfig(
         preset="gpu", arch="ctrnet_resnet18", model={}, input_size=(320, 240), batch_size=64, lr=2e-3,

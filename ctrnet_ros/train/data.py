@@ -50,7 +50,7 @@ from ..sim.dataset import DatasetError, SimDataset
 from .config import AugmentConfig
 
 __all__ = ["ShardCachedDataset", "KeypointTrainDataset", "StepBatchSampler", "prepare_sample",
-           "random_view_transform", "photometric_augment", "open_datasets", "dataset_summary"]
+           "random_view_transform", "motion_blur_kernel", "photometric_augment", "open_datasets", "dataset_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,20 @@ def random_view_transform(rng: np.random.Generator, input_size: tuple[int, int],
                           out_width=w, out_height=h)
 
 
+def motion_blur_kernel(length: float, angle: float) -> np.ndarray:
+    """Normalised line kernel of ``length`` px at ``angle`` rad, centred (odd size): a symmetric
+    blur, so it moves no keypoint."""
+    half = max(1, int(math.ceil(length / 2.0)))
+    size = 2 * half + 1
+    kernel = np.zeros((size, size), np.float32)
+    d = np.array([math.cos(angle), math.sin(angle)]) * (length / 2.0)
+    c = float(half)
+    cv2.line(kernel, (int(round(c - d[0])), int(round(c - d[1]))), (int(round(c + d[0])), int(round(c + d[1]))),
+             1.0, thickness=1, lineType=cv2.LINE_AA)
+    kernel = 0.5 * (kernel + kernel[::-1, ::-1])  # exactly point-symmetric about the centre
+    return kernel / kernel.sum()
+
+
 def photometric_augment(image: np.ndarray, rng: np.random.Generator, augment: AugmentConfig) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W, 3) float32 RGB in [0, 1]: colour jitter, blur, noise, JPEG.
 
@@ -132,6 +146,15 @@ def photometric_augment(image: np.ndarray, rng: np.random.Generator, augment: Au
     do_jpeg, quality = rng.random() < augment.jpeg_prob, int(rng.integers(augment.jpeg_quality[0],
                                                                         augment.jpeg_quality[1] + 1))
     noise_seed = int(rng.integers(2**31))
+    # Camera-pipeline effects, drawn last (see AugmentConfig) and only when enabled, so the older
+    # configurations keep their exact randomness.
+    gains = gamma = motion = None
+    if augment.white_balance > 0.0:
+        gains = (1.0 + rng.uniform(-1.0, 1.0, size=3) * augment.white_balance).astype(np.float32)
+    if augment.gamma != (1.0, 1.0):
+        gamma = float(np.exp(rng.uniform(math.log(augment.gamma[0]), math.log(augment.gamma[1]))))
+    if augment.motion_blur_prob > 0.0 and rng.random() < augment.motion_blur_prob:
+        motion = (float(rng.uniform(*augment.motion_blur_px)), float(rng.uniform(0.0, math.pi)))
 
     if do_jpeg:  # first: compression happens in the camera, before anything we model as noise
         ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -148,6 +171,12 @@ def photometric_augment(image: np.ndarray, rng: np.random.Generator, augment: Au
     if contrast != 1.0:
         grey = np.float32((x @ np.array([0.299, 0.587, 0.114], np.float32)).mean())
         x = (x - grey) * np.float32(contrast) + grey
+    if gains is not None:
+        x = x * gains
+    if gamma is not None:
+        x = np.power(np.clip(x, 0.0, 1.0), np.float32(gamma))
+    if motion is not None:
+        x = cv2.filter2D(x, -1, motion_blur_kernel(*motion), borderType=cv2.BORDER_REFLECT)
     if do_blur:
         x = cv2.GaussianBlur(x, (0, 0), sigmaX=float(blur_sigma), borderType=cv2.BORDER_REFLECT)
     if do_noise:

@@ -114,7 +114,21 @@ def _training_summary(extra: dict[str, Any]) -> dict[str, Any]:
         "torch_version": extra.get("torch_version"),
         "seed": cfg.get("seed"),
         "config": cfg,
-    }
+    } | _warm_start_summary(extra, seconds)
+
+
+def _warm_start_summary(extra: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """For a warm-started run (``--init``): the chain of earlier runs and the training time of all of them."""
+    chain, node = [], extra.get("init_from")
+    while isinstance(node, dict):
+        chain.append({k: node.get(k) for k in ("checkpoint", "preset", "step", "images_seen", "train_seconds")})
+        node = node.get("init_from")
+    if not chain:
+        return {}
+    total = seconds + sum(float(c.get("train_seconds") or 0.0) for c in chain)
+    images = int(extra.get("images_seen") or 0) + sum(int(c.get("images_seen") or 0) for c in chain)
+    return {"warm_start_from": chain, "total_wall_clock_h_incl_warm_start": total / 3600.0,
+            "total_images_seen_incl_warm_start": images}
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, val: str | None = None,

@@ -267,6 +267,33 @@ def _resume_config(config: TrainConfig, stored: dict, explicit: set[str]) -> Tra
     return base.replace(**changes)
 
 
+def _warm_start(model: torch.nn.Module, model_config, config: TrainConfig, keypoint_names: list[str]) -> dict:
+    """Load ``config.init``'s weights into the freshly built ``model``; returns its provenance for the card.
+
+    Only the weights come over: the optimizer, LR schedule and step start afresh. The checkpoint
+    must be of the same architecture, model config and keypoints, else TrainingError.
+    """
+    init_model, init_config, init_extra = load_checkpoint(config.init)  # ModelFileError: clear message
+    arch = (init_extra.get("train_config") or {}).get("arch") or getattr(init_model, "arch", None)
+    if arch is not None and arch != config.arch:
+        raise TrainingError(f"--init {config.init} is a {arch} model, this run trains {config.arch}")
+    if init_config != model_config:
+        raise TrainingError(f"--init {config.init} has model config {init_config}, this run builds {model_config}; "
+                            f"pass the same --model overrides")
+    if list(init_extra.get("keypoint_names", [])) != list(keypoint_names):
+        raise TrainingError(f"--init {config.init} was trained on keypoints {init_extra.get('keypoint_names')}, "
+                            f"the data has {keypoint_names}")
+    model.load_state_dict(init_model.state_dict(), strict=True)
+    logger.info("warm start from %s (step %s, %.1f min of training)", config.init, init_extra.get("step"),
+                float(init_extra.get("train_seconds", 0.0)) / 60)
+    info = {key: init_extra.get(key) for key in ("step", "images_seen", "train_seconds", "hardware", "data")}
+    info["checkpoint"] = str(config.init)
+    info["preset"] = (init_extra.get("train_config") or {}).get("preset")
+    if init_extra.get("init_from") is not None:  # a chain of warm starts
+        info["init_from"] = init_extra["init_from"]
+    return info
+
+
 def pretrain(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None,
              explicit_fields: set[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a run; see the module docstring for what it writes.
@@ -315,11 +342,13 @@ def pretrain(config: TrainConfig, *, resume: bool = False, stop_after: int | Non
                                               input_size=config.input_size, **config.model)
         except (ValueError, TypeError) as exc:
             raise TrainingError(f"cannot build {config.arch} with overrides {dict(config.model)}: {exc}") from exc
+        init_from = _warm_start(model, model_config, config, keypoint_names) if config.init else None
         start_step, train_seconds, best = 0, 0.0, (-math.inf, -math.inf)
         best_metrics: dict[str, float] = {}
         val_metrics: dict[str, float] = {}
     else:
         model, model_config, extra = resume_state
+        init_from = extra.get("init_from")
         if list(extra.get("keypoint_names", [])) != keypoint_names:
             raise TrainingError(f"{last_path} was trained on keypoints {extra.get('keypoint_names')}, the data has "
                                 f"{keypoint_names}")
@@ -385,6 +414,8 @@ def pretrain(config: TrainConfig, *, resume: bool = False, stop_after: int | Non
             "data": data_summary, "val_data": val_summary,
             "val_metrics": val_metrics, "best_metrics": best_metrics,
         }
+        if init_from is not None:
+            extra["init_from"] = init_from
         if with_optimizer:
             extra["optimizer"] = optimizer.state_dict()
             extra["grad_scaler"] = scaler.state_dict() if scaler.is_enabled() else {}
