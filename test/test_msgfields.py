@@ -24,6 +24,20 @@ def test_bgra_and_padding():
     np.testing.assert_array_equal(image_msg_to_rgb(image("bgra8", bgra, pad=4)), rgb)
 
 
+@pytest.mark.parametrize("pad", [0, 3])
+def test_every_encoding_reaches_the_same_rgb(pad):
+    rgb = np.random.default_rng(1).integers(0, 255, (6, 9, 3), dtype=np.uint8)
+    alpha = np.full((6, 9, 1), 7, np.uint8)
+    grey = rgb[..., 1]
+    cases = {"rgb8": rgb, "bgr8": rgb[..., ::-1], "rgba8": np.concatenate([rgb, alpha], axis=2),
+             "bgra8": np.concatenate([rgb[..., ::-1], alpha], axis=2), "mono8": grey}
+    for encoding, arr in cases.items():
+        out = image_msg_to_rgb(image(encoding, np.ascontiguousarray(arr), pad=pad))
+        want = np.repeat(grey[..., None], 3, axis=2) if encoding == "mono8" else rgb
+        assert out.flags.c_contiguous and out.flags.writeable, encoding
+        np.testing.assert_array_equal(out, want, err_msg=encoding)
+
+
 def test_array_typed_data_like_rclpy():
     import array
 

@@ -383,8 +383,9 @@ def test_tf_converges_and_goes_static(make_rig, tmp_path):
     wait_for(lambda: len(rig.tf_for(rig.tf)) > n_tf, "TF after fusion.min_frames new frames")
 
 
-def test_moving_mode_and_inverse(make_rig):
-    rig = make_rig({"mode": "moving", "publish_inverse": True})
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "one_worker"])
+def test_moving_mode_and_inverse(make_rig, pipelined):
+    rig = make_rig({"mode": "moving", "publish_inverse": True, "pipelined": pipelined})
     rig.feed(6)
     tfs = wait_for(lambda: len(rig.tf_for(rig.tf)) >= 6 and rig.tf_for(rig.tf), "TF for each of the 6 frames")
     assert len(tfs) == 6, "moving mode publishes every usable frame, once"
@@ -394,6 +395,9 @@ def test_moving_mode_and_inverse(make_rig):
     err = se3.translation_error(transform_to_matrix(tfs[-1]), true_T_camera_base())
     assert err < 0.03  # a single smoothed frame with 1 px noise; accuracy is the static test's business
     assert rig.poses[-1].header.frame_id == "panda_link0"  # ~/pose stays the camera pose in the base frame
+    assert rig.oracle.calls == 6, "the network runs once per frame, in either worker layout"
+    assert [t.name for t in rig.node._workers] == (["ctrnet_detect", "ctrnet_geometry"] if pipelined
+                                                    else ["ctrnet_worker"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import os
 import threading
 import time
 import traceback
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,23 @@ def _load_detector(config: NodeConfig):
         raise NodeSetupError(f"ctrnet_ros.inference.load_detector is not available: {exc}") from exc
     return load_detector(config.model, backend=config.backend, device=config.device,
                          providers=list(config.providers) or None)
+
+
+@dataclass
+class _Frame:
+    """A decoded frame between the worker stages (network done when ``prepared`` is set)."""
+
+    msg: Any
+    rgb: np.ndarray
+    stamp_ns: int
+    camera_frame: str
+    estimator: Any
+    camera: Any
+    prepared: Any
+    t_received: float  # monotonic: image callback
+    t_start: float  # taken off the image slot
+    t_decoded: float
+    t_inferred: float
 
 
 @dataclass
@@ -207,8 +225,14 @@ class CalibrationNode(Node):
             self._load_seed(cfg.calibration_file)
 
         self._slot: LatestSlot = LatestSlot()
-        self._worker = threading.Thread(target=self._worker_loop, name="ctrnet_worker", daemon=True)
-        self._worker.start()
+        self._handoff: LatestSlot = LatestSlot()  # pipelined: detected frames waiting for the geometry stage
+        if cfg.pipelined:
+            self._workers = [threading.Thread(target=self._detect_loop, name="ctrnet_detect", daemon=True),
+                             threading.Thread(target=self._geometry_loop, name="ctrnet_geometry", daemon=True)]
+        else:
+            self._workers = [threading.Thread(target=self._worker_loop, name="ctrnet_worker", daemon=True)]
+        for worker in self._workers:
+            worker.start()
         log.info(f"ready: {cfg.subscribed_image_topic} + {cfg.camera_info_topic} + {cfg.joint_states_topic} -> TF "
                  f"{self.base_frame} -> {cfg.camera_frame or '<image frame_id>'} ({cfg.mode} mode"
                  f"{', inverse' if cfg.publish_inverse else ''}); model {self._model_label}; robot "
@@ -400,7 +424,7 @@ class CalibrationNode(Node):
             summary = CalibrationSummary(**vars(self._summary))
             not_ready = self._not_ready
             model = self._model_label
-        self.stats.dropped = self._slot.dropped
+        self.stats.dropped = self._slot.dropped + self._handoff.dropped
         extra = {"model": model, "TF frames": f"{self.base_frame} -> {self.config.camera_frame or '<image frame_id>'}"
                  + (" (published inverted)" if self.config.publish_inverse else "")}
         status = self.stats.report(name=f"{self.get_name()}: camera-to-robot calibration",
@@ -413,18 +437,34 @@ class CalibrationNode(Node):
     # worker thread
     # ------------------------------------------------------------------------------------------
     def _worker_loop(self) -> None:
+        """One worker: each frame runs both stages (``pipelined`` false)."""
+        self._run_stage(self._slot, lambda item: self._geometry_stage(self._detect_stage(*item)))
+
+    def _detect_loop(self) -> None:
+        """Pipelined, stage 1: decode and network; hands the frame on latest-wins."""
+        def detect(item):
+            frame = self._detect_stage(*item)
+            if frame is not None:
+                self._handoff.put(frame)
+        self._run_stage(self._slot, detect)
+
+    def _geometry_loop(self) -> None:
+        """Pipelined, stage 2: joint states, FK, PnP, fusion, publication."""
+        self._run_stage(self._handoff, lambda frame: self._geometry_stage(frame, handed_over=True))
+
+    def _run_stage(self, slot: LatestSlot, work) -> None:
         while True:
-            item = self._slot.get()
+            item = slot.get()
             if item is None:
                 return
-            msg, t_received = item
             try:
-                self._process(msg, t_received)
-            except Exception as exc:  # never let the worker die silently: report and go on
+                work(item)
+            except Exception as exc:  # never let a worker die silently: report and go on
                 self.get_logger().error(f"frame processing failed: {exc}\n{traceback.format_exc()}")
                 self.stats.frame_done(reason="internal", detail=f"{type(exc).__name__}: {exc}")
 
-    def _process(self, msg, t_received: float) -> None:
+    def _detect_stage(self, msg, t_received: float) -> _Frame | None:
+        """Decode the image and run the network; None when the frame was rejected (and reported)."""
         cfg = self.config
         t_start = time.monotonic()
         stamp_ns = stamp_to_ns(msg.header.stamp)
@@ -452,7 +492,7 @@ class CalibrationNode(Node):
         t_decoded = time.monotonic()
 
         pipeline = self._pipeline
-        with self._lock:  # the worker is the pipeline's only caller besides the joint-state callback
+        with self._lock:  # the workers are the pipeline's only callers besides the joint-state callback
             pipeline.estimator = estimator
             first_camera = pipeline.camera is None
             if pipeline.set_camera(camera) and not first_camera:
@@ -460,28 +500,42 @@ class CalibrationNode(Node):
                 self._seed = None
         # The network does not need the joint states: run it while they are still in flight, outside
         # the lock (camera_info, services and reloads are not held up by inference).
-        prepared = estimator.detect(rgb, camera) if cfg.overlap_inference else None
-        t_inferred = time.monotonic()
+        prepared = estimator.detect(rgb, camera) if cfg.overlap_inference or cfg.pipelined else None
+        return _Frame(msg=msg, rgb=rgb, stamp_ns=stamp_ns, camera_frame=camera_frame, estimator=estimator,
+                      camera=camera, prepared=prepared, t_received=t_received, t_start=t_start,
+                      t_decoded=t_decoded, t_inferred=time.monotonic())
+
+    def _geometry_stage(self, frame: _Frame | None, *, handed_over: bool = False) -> None:
+        """Joint states at the image stamp, then FK, PnP, fusion and publication."""
+        if frame is None:
+            return
+        cfg, pipeline = self.config, self._pipeline
+        t_picked = time.monotonic()
         if cfg.joint_wait_s > 0:
             # Joint states lagging the image: wait (bounded) so the stamp is interpolated, not held.
-            pipeline.wait_for_joints(stamp_ns, cfg.joint_wait_s)
+            pipeline.wait_for_joints(frame.stamp_ns, cfg.joint_wait_s)
         t_joints = time.monotonic()
+        prepared = frame.prepared
         with self._lock:
-            if pipeline.estimator is not estimator or pipeline.camera is not camera:
+            if pipeline.estimator is not frame.estimator or pipeline.camera is not frame.camera:
                 prepared = None  # reloaded or re-calibrated meanwhile: run it again with the new one
-            result = pipeline.process(rgb, stamp_ns, prepared=prepared)
+            result = pipeline.process(frame.rgb, frame.stamp_ns, prepared=prepared)
             est = result.estimate
-            self._publish_result(result, stamp_ns, camera_frame, t_received)
-        self.stats.stage_times({"wait": (t_start - t_received) * 1e3, "decode": (t_decoded - t_start) * 1e3,
-                                "joint wait": (t_joints - t_inferred) * 1e3, **est.timings_ms})
+            self._publish_result(result, frame.stamp_ns, frame.camera_frame, frame.t_received)
+        stages = {"wait": (frame.t_start - frame.t_received) * 1e3, "decode": (frame.t_decoded - frame.t_start) * 1e3,
+                  "joint wait": (t_joints - t_picked) * 1e3, **est.timings_ms}
+        if handed_over:
+            stages["handoff"] = (t_picked - frame.t_inferred) * 1e3
+        self.stats.stage_times(stages)
         if not est.ok:
             self.stats.frame_done(reason=est.reason or "rejected", detail=est.detail,
                                   inference_ms=est.timings_ms.get("inference"))
         else:
             self.stats.frame_done(reason=None, rmse_px=est.rmse_px, inference_ms=est.timings_ms.get("inference"))
         if self._overlay_pub.get_subscription_count() > 0:
-            self._publish_overlay(msg, rgb, est, camera)
-        self.stats.stage_times({"frame": (time.monotonic() - t_start) * 1e3})  # the worker's time per frame
+            self._publish_overlay(frame.msg, frame.rgb, est, frame.camera)
+        # the time the frame spent in the worker(s), from being taken off the image slot
+        self.stats.stage_times({"frame": (time.monotonic() - frame.t_start) * 1e3})
 
     def _publish_current(self, stamp_ns: int, camera_frame: str, t_received: float) -> None:
         """A frame rejected before the pipeline ran: a static camera's fused (or loaded) pose still holds."""
@@ -581,5 +635,6 @@ class CalibrationNode(Node):
     def destroy_node(self):
         slot = getattr(self, "_slot", None)
         if slot is not None:
-            close_and_join(slot, self._worker)
+            close_and_join(slot, self._workers[0])
+            close_and_join(self._handoff, self._workers[-1])
         return super().destroy_node()
