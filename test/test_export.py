@@ -51,6 +51,38 @@ REQUIRED = {
 }
 
 
+def test_int8_variant_loads_agrees_and_has_its_card(trained, tmp_path):
+    data, best = trained
+    out = tmp_path / "tiny.onnx"
+    export_checkpoint(best, out, val=str(data), progress=False, int8=True, calib=str(data), calib_frames=4)
+    q_out = tmp_path / "tiny_int8.onnx"
+    card = yaml.safe_load(q_out.with_suffix(".yaml").read_text())
+    assert card["model"]["file"] == "tiny_int8.onnx" and card["model"]["float_model"] == "tiny.onnx"
+    assert card["model"]["file_bytes"] == q_out.stat().st_size
+    assert card["quantization"]["calibration_frames"] == 4 and "QDQ" in card["quantization"]["method"]
+    assert card["validation"]["metrics"]["frames"] == 8
+    assert not list(tmp_path.glob("*.pre.onnx")) and not list(tmp_path.glob("*.tmp.onnx"))
+    det, ref = load_detector(q_out), load_detector(out)
+    assert det.keypoint_names == ref.keypoint_names and det.input_size == ref.input_size and det.has_mask
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(q_out), providers=["CPUExecutionProvider"])
+    ops = {node.op_type for node in __import__("onnx").load(str(q_out)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # really quantized
+    assert session.get_modelmeta().custom_metadata_map["ctrnet_ros.quantization"].startswith("int8")
+    frame = np.random.default_rng(0).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    assert np.all(np.isfinite(det.detect(frame).keypoints_uv))
+
+
+def test_int8_without_calibration_data_is_a_clear_error(trained, tmp_path, monkeypatch):
+    data, best = trained
+    import ctrnet_ros.train.export_cli as export_cli
+
+    monkeypatch.setattr(export_cli, "_parity_images", lambda *a, **k: (None, None))
+    with pytest.raises(ExportError, match="calibration frames"):
+        export_checkpoint(best, tmp_path / "x.onnx", progress=False, int8=True)
+
+
 def test_export_writes_onnx_and_card_and_loads(trained, tmp_path):
     data, best = trained
     out = tmp_path / "models" / "panda_tiny.onnx"

@@ -133,7 +133,8 @@ def _warm_start_summary(extra: dict[str, Any], seconds: float) -> dict[str, Any]
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, val: str | None = None,
                       val_frames: int = 0, robot: str | None = None, opset: int = 18, atol: float = 1e-3,
-                      parity_frames: int = 8, max_bytes: int = MAX_MODEL_BYTES, progress: bool = True) -> dict:
+                      parity_frames: int = 8, max_bytes: int = MAX_MODEL_BYTES, progress: bool = True,
+                      int8: bool = False, calib: str | None = None, calib_frames: int = 64) -> dict:
     """Export ``checkpoint`` to ``out`` (.onnx) and write the model card beside it (.yaml); returns the card.
 
     Args:
@@ -145,6 +146,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
         parity_frames: real frames (from ``val`` or the training data, if present) added to the
             parity check, so that keypoint parity is tested on confident peaks.
         max_bytes: refuse (and delete) an ONNX file larger than this.
+        int8: also write ``<stem>_int8.onnx`` (static INT8 quantization, for CPU-bound hosts) and its
+            card ``<stem>_int8.yaml``, validated on ``val`` like the float model.
+        calib: dataset for the INT8 activation ranges (default: the checkpoint's training data).
+        calib_frames: frames used for calibration.
 
     Raises:
         ExportError: with a message saying what is wrong.
@@ -189,13 +194,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
                           f"limit; export a smaller architecture")
 
     if val:
-        from .validate import validate_model
-
-        metrics = validate_model(out, val, max_frames=val_frames, progress=progress)
-        validation = {"source": "ctrnet-export --val: this ONNX file through load_detector + "
-                                "CameraToRobotEstimator at the camera's full resolution",
-                      "data": metrics.pop("data"), "metrics": {k: v for k, v in metrics.items()
-                                                                if k not in ("model", "model_input_size")}}
+        validation = _validate_file(out, val, val_frames, progress)
     else:
         stored = extra.get("best_metrics") or extra.get("val_metrics") or {}
         validation = {"source": "stored in the checkpoint (training-time validation: torch, batched, same "
@@ -238,12 +237,66 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     if extra.get("refresh"):  # a self-supervised refresh on top of the pretraining above
         card["refresh"] = extra["refresh"]
     card = _plain(card)
-    card_path = out.with_suffix(".yaml")
-    card_path.write_text("# Model card written by ctrnet-export; see ctrnet_ros/train/export_cli.py\n"
-                         + yaml.safe_dump(card, sort_keys=False, width=110), encoding="utf-8")
+    card_path = _write_card(out, card)
     logger.info("wrote %s (%.1f MB, keypoint parity %s px) and %s", out, report["file_bytes"] / 1e6,
                 report["parity_max_abs"], card_path)
+    if int8:
+        calib_dirs = [calib] if calib else [d.get("dir") for d in extra.get("data") or []] + [val]
+        _export_int8(out, card, calib_dirs, input_size, int(model.heatmap_stride), calib_frames, val, val_frames,
+                     progress)
     return card
+
+
+def _validate_file(path: Path, val: str, val_frames: int, progress: bool) -> dict[str, Any]:
+    """The card's validation section for an ONNX file, validated through the node's estimator."""
+    from .validate import validate_model
+
+    metrics = validate_model(path, val, max_frames=val_frames, progress=progress)
+    return {"source": "ctrnet-export --val: this ONNX file through load_detector + CameraToRobotEstimator at "
+                      "the camera's full resolution",
+            "data": metrics.pop("data"),
+            "metrics": {k: v for k, v in metrics.items() if k not in ("model", "model_input_size")}}
+
+
+def _write_card(onnx_path: Path, card: dict[str, Any]) -> Path:
+    card_path = onnx_path.with_suffix(".yaml")
+    card_path.write_text("# Model card written by ctrnet-export; see ctrnet_ros/train/export_cli.py\n"
+                         + yaml.safe_dump(card, sort_keys=False, width=110), encoding="utf-8")
+    return card_path
+
+
+def _export_int8(out: Path, card: dict[str, Any], calib_dirs: Sequence[str | None], input_size, heatmap_stride: int,
+                 calib_frames: int, val: str | None, val_frames: int, progress: bool) -> dict[str, Any]:
+    """``<stem>_int8.onnx`` and its card: the float card with the file, quantization and validation replaced."""
+    from ..net.export import quantize_int8
+
+    images, source = _parity_images([d for d in calib_dirs if d], input_size, heatmap_stride, calib_frames)
+    if images is None:
+        raise ExportError("--int8 needs calibration frames: pass --calib DIR (a ctrnet-sim dataset)")
+    q_out = out.with_name(out.stem + "_int8.onnx")
+    try:
+        q = quantize_int8(out, q_out, images)
+    except Exception as exc:  # onnxruntime.quantization raises assorted types
+        raise ExportError(f"INT8 quantization of {out} failed: {type(exc).__name__}: {exc}") from exc
+    q_card = json.loads(json.dumps(card))  # deep copy of plain data
+    q_card["model"].update(name=q_out.stem, file=q_out.name, file_bytes=q["file_bytes"], file_mb=q["file_bytes"] / 1e6,
+                           sha256=_sha256(q_out), float_model=out.name,
+                           created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    q_card["quantization"] = {"method": "static INT8, QDQ, per-channel weights, uint8 activations "
+                                        "(onnxruntime.quantization.quantize_static)",
+                              "calibration_data": source, **q,
+                              "agreement_note": "keypoint displacement against the float model, input pixels, on "
+                                                "the calibration frames where the float model is confident"}
+    q_card["parity"] = {"against": "float model " + out.name, "keypoints_median_abs_px": q["keypoints_median_abs_px"],
+                        "keypoints_max_abs_px": q["keypoints_max_abs_px"]}
+    if val:
+        q_card["validation"] = _validate_file(q_out, val, val_frames, progress)
+    q_card = _plain(q_card)
+    card_path = _write_card(q_out, q_card)
+    logger.info("wrote %s (%.1f MB, keypoints vs float: median %.3g px, max %.3g px) and %s", q_out,
+                q["file_bytes"] / 1e6, q["keypoints_median_abs_px"] or float("nan"),
+                q["keypoints_max_abs_px"] or float("nan"), card_path)
+    return q_card
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--atol", type=float, default=1e-3, help="parity tolerance (px for keypoints)")
     p.add_argument("--max-mb", type=float, default=MAX_MODEL_BYTES / 1e6, help="refuse larger models")
+    p.add_argument("--int8", action="store_true",
+                   help="also write <out stem>_int8.onnx + card: static INT8 quantization for CPU-bound hosts")
+    p.add_argument("--calib", default=None, metavar="DIR",
+                   help="dataset for the INT8 activation ranges (default: the checkpoint's training data)")
+    p.add_argument("--calib-frames", type=int, default=64, metavar="N")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -267,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         card = export_checkpoint(args.checkpoint, args.out, val=args.val, val_frames=args.val_frames,
                                  robot=args.robot, opset=args.opset, atol=args.atol,
-                                 max_bytes=int(args.max_mb * 1e6), progress=not args.quiet)
+                                 max_bytes=int(args.max_mb * 1e6), progress=not args.quiet, int8=args.int8,
+                                 calib=args.calib, calib_frames=args.calib_frames)
     except ExportError as exc:
         logger.error("%s", exc)
         return 1
