@@ -57,13 +57,18 @@ def bare_inference_ms(model: str, bag: Path, frames: int) -> list[float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="models/panda_ctrnet.onnx", help="keypoint model (ONNX or torch checkpoint)")
+    ap.add_argument("--model", nargs="+", default=None,
+                    help="keypoint model(s), ONNX or torch checkpoint, each benchmarked in turn (default: the "
+                         "shipped models/panda_ctrnet.onnx and, if present, its INT8 variant)")
     ap.add_argument("--bag", default="build/demo/bag_static", help="30 Hz 640x480 sim bag (recorded if missing)")
     ap.add_argument("--frames", type=int, default=100, help="frames for the bare-inference timing")
     args = ap.parse_args(argv)
     os.chdir(ROOT)
-    if not Path(args.model).is_file():
-        print(f"bench_node: skipped: model file {args.model} not found (train/export one, or pass --model)")
+    models = args.model or [m for m in ("models/panda_ctrnet.onnx", "models/panda_ctrnet_int8.onnx")
+                            if m == "models/panda_ctrnet.onnx" or Path(m).is_file()]
+    missing = [m for m in models if not Path(m).is_file()]
+    if missing:
+        print(f"bench_node: skipped: model file(s) {missing} not found (train/export one, or pass --model)")
         return 0
     from ctrnet_ros.ros.replay_session import NodeProcessError, ReplaySession, ensure_sim_bag, network_is_private
 
@@ -71,13 +76,33 @@ def main(argv=None) -> int:
         print("bench_node: skipped: run through `make bench` (private network namespace, loopback-only DDS)")
         return 0
     bag = ensure_sim_bag(args.bag, duration_s=10.0, seed=1, width=640, height=480, domain="train")
-    params = {"model": args.model, "static_when_converged": False}
+    rows = []
+    for model in models:
+        status, row = bench_model(model, bag, args.frames)
+        if status:
+            return status
+        rows.append(row)
+    if len(rows) > 1:
+        print("\nSame run, model against model (first = 1.00):")
+        print("| model | frames processed | median latency | bare inference |")
+        print("|---|---:|---:|---:|")
+        base = rows[0]
+        for r in rows:
+            print(f"| {r['model']} | {r['processed']:.0%} | {r['e2e'] / base['e2e']:.2f} | {r['bare'] / base['bare']:.2f} |")
+    return 0
+
+
+def bench_model(model: str, bag: Path, frames: int) -> tuple[int, dict]:
+    """One model through the node on the bag; prints its table. Returns (exit status, summary row)."""
+    from ctrnet_ros.ros.replay_session import NodeProcessError, ReplaySession
+
+    params = {"model": model, "static_when_converged": False}
     with ReplaySession(bag, params, log_path=ROOT / "build" / "bench" / "ctrnet_node.log") as session:
         try:
             session.wait_until_ready()
         except NodeProcessError as exc:
             print(f"bench_node: {exc}", file=sys.stderr)
-            return 1
+            return 1, {}
         played = session.play()
         session.wait_until_idle()
         kv = session.diagnostic_values()
@@ -87,14 +112,14 @@ def main(argv=None) -> int:
     n_images = len(published)
     processed = int(kv.get("processed frames", 0) or 0)
     latency_ms = [(t.received_s - published[t.stamp_ns]) * 1e3 for t in tf if t.stamp_ns in published]
-    bare = bare_inference_ms(args.model, bag, args.frames)
+    bare = bare_inference_ms(model, bag, frames)
 
     def pct(x, q):
         return float(np.percentile(x, q)) if x else float("nan")
 
     e2e, inf = statistics.median(latency_ms) if latency_ms else float("nan"), statistics.median(bare)
     ratio = e2e / inf
-    print(f"ctrnet_node on {bag} (640x480 at 30 Hz, {n_images} images, {os.cpu_count()} CPUs), model {args.model}")
+    print(f"\nctrnet_node on {bag} (640x480 at 30 Hz, {n_images} images, {os.cpu_count()} CPUs), model {model}")
     print("| metric | value |")
     print("|---|---:|")
     print(f"| frames processed | {processed} / {n_images} ({processed / max(n_images, 1):.0%}) |")
@@ -112,7 +137,7 @@ def main(argv=None) -> int:
     print(f"| player lag behind schedule, worst | {played.max_lag_s * 1e3:.0f} ms |")
     if not latency_ms:
         print(f"bench_node: no TF was published, so no latency: {kv.get('last error', '?')}")
-    return 0
+    return 0, {"model": model, "processed": processed / max(n_images, 1), "e2e": e2e, "bare": inf}
 
 
 if __name__ == "__main__":
