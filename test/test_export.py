@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from ctrnet_ros.inference import load_detector  # noqa: E402
-from ctrnet_ros.net.registry import build_model, save_checkpoint  # noqa: E402
+from ctrnet_ros.net.registry import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from ctrnet_ros.sim.dataset import SimDataset  # noqa: E402
 from ctrnet_ros.train.config import TrainConfig  # noqa: E402
 from ctrnet_ros.train.export_cli import ExportError, export_checkpoint, main  # noqa: E402
@@ -72,6 +72,21 @@ def test_int8_variant_loads_agrees_and_has_its_card(trained, tmp_path):
     assert session.get_modelmeta().custom_metadata_map["ctrnet_ros.quantization"].startswith("int8")
     frame = np.random.default_rng(0).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
     assert np.all(np.isfinite(det.detect(frame).keypoints_uv))
+
+
+def test_torch_checkpoint_beside_the_onnx_file_has_no_optimizer_and_runs(trained, tmp_path):
+    _, best = trained
+    out = tmp_path / "tiny.onnx"
+    card = export_checkpoint(best, out, progress=False, torch_checkpoint=True)
+    pt = tmp_path / "tiny.pt"
+    assert card["model"]["torch_checkpoint"]["file"] == "tiny.pt"
+    assert card["model"]["torch_checkpoint"]["file_bytes"] == pt.stat().st_size
+    model, _, extra = load_checkpoint(pt)  # weights_only=True inside
+    assert "optimizer" not in extra and "rng" not in extra and extra["keypoint_names"]
+    det_pt, det_onnx = load_detector(pt), load_detector(out)
+    frame = np.random.default_rng(1).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    a, b = det_pt.detect(frame), det_onnx.detect(frame)
+    np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-3)
 
 
 def test_int8_without_calibration_data_is_a_clear_error(trained, tmp_path, monkeypatch):

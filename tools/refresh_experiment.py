@@ -61,10 +61,8 @@ def collect_live(bag: Path, out_dir: Path, work: Path, args) -> tuple[int, float
 
     if not network_is_private():
         sys.exit("this step starts ROS: run inside a private network namespace (make refresh-experiment)")
+    use_large_shm_profile(work)  # sets FASTDDS_DEFAULT_PROFILES_FILE (unless the user set one)
     env = dict(os.environ)
-    profile = use_large_shm_profile(work)
-    if profile is not None:
-        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(profile)
     params = {"output_directory": str(out_dir), "max_rate_hz": args.max_rate_hz,
               "min_joint_distance": args.min_joint_distance, "max_samples": args.max_samples}
     cmd = node_command(params, node_name="collector_node", module="ctrnet_ros.ros.collector_node_main")

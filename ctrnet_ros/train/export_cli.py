@@ -134,7 +134,8 @@ def _warm_start_summary(extra: dict[str, Any], seconds: float) -> dict[str, Any]
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, val: str | None = None,
                       val_frames: int = 0, robot: str | None = None, opset: int = 18, atol: float = 1e-3,
                       parity_frames: int = 8, max_bytes: int = MAX_MODEL_BYTES, progress: bool = True,
-                      int8: bool = False, calib: str | None = None, calib_frames: int = 64) -> dict:
+                      int8: bool = False, calib: str | None = None, calib_frames: int = 64,
+                      torch_checkpoint: bool = False) -> dict:
     """Export ``checkpoint`` to ``out`` (.onnx) and write the model card beside it (.yaml); returns the card.
 
     Args:
@@ -150,6 +151,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
             card ``<stem>_int8.yaml``, validated on ``val`` like the float model.
         calib: dataset for the INT8 activation ranges (default: the checkpoint's training data).
         calib_frames: frames used for calibration.
+        torch_checkpoint: also write ``<stem>.pt``, the weights-only checkpoint behind the ONNX file
+            (no optimizer state): for ``ctrnet-train refresh --init`` and the node's torch backend.
 
     Raises:
         ExportError: with a message saying what is wrong.
@@ -236,6 +239,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     }
     if extra.get("refresh"):  # a self-supervised refresh on top of the pretraining above
         card["refresh"] = extra["refresh"]
+    if torch_checkpoint:
+        from ..net.registry import save_checkpoint
+
+        pt = out.with_suffix(".pt")
+        weights_only = {k: v for k, v in extra.items() if k not in ("optimizer", "grad_scaler", "rng")}
+        save_checkpoint(pt, model, config, weights_only, arch=card["architecture"]["arch"] or None)
+        card["model"]["torch_checkpoint"] = {"file": pt.name, "file_bytes": pt.stat().st_size, "sha256": _sha256(pt),
+                                             "use": "ctrnet-train refresh --init, or the node with backend torch"}
     card = _plain(card)
     card_path = _write_card(out, card)
     logger.info("wrote %s (%.1f MB, keypoint parity %s px) and %s", out, report["file_bytes"] / 1e6,
@@ -315,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="dataset for the INT8 activation ranges (default: the checkpoint's training data)")
     p.add_argument("--calib-frames", type=int, default=64, metavar="N")
+    p.add_argument("--torch-checkpoint", action="store_true",
+                   help="also write <out stem>.pt: the weights-only checkpoint (refresh --init, torch backend)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -326,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         card = export_checkpoint(args.checkpoint, args.out, val=args.val, val_frames=args.val_frames,
                                  robot=args.robot, opset=args.opset, atol=args.atol,
                                  max_bytes=int(args.max_mb * 1e6), progress=not args.quiet, int8=args.int8,
-                                 calib=args.calib, calib_frames=args.calib_frames)
+                                 calib=args.calib, calib_frames=args.calib_frames,
+                                 torch_checkpoint=args.torch_checkpoint)
     except ExportError as exc:
         logger.error("%s", exc)
         return 1
