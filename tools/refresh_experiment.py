@@ -12,7 +12,7 @@ Starts ROS: run it inside a private network namespace, e.g. ``make refresh-exper
 
 Usage::
 
-    python tools/refresh_experiment.py --init runs/panda_cpu_small/best.pt --model models/panda_ctrnet.onnx \\
+    python tools/refresh_experiment.py [--init models/panda_ctrnet.pt --model models/panda_ctrnet.onnx] \\
         [--test-bag build/exp/test_shifted] [--collect-bag build/exp/collect_shifted] [--steps 300]
 """
 
@@ -89,7 +89,9 @@ def collect_live(bag: Path, out_dir: Path, work: Path, args) -> tuple[int, float
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--init", required=True, help="pretrained checkpoint (.pt) behind --model")
+    ap.add_argument("--init", default="models/panda_ctrnet.pt",
+                    help="pretrained checkpoint (.pt) behind --model (default: the shipped one, written by "
+                         "ctrnet-export --torch-checkpoint)")
     ap.add_argument("--model", default="models/panda_ctrnet.onnx", help="the pretrained model as shipped (ONNX)")
     ap.add_argument("--out", default="build/refresh_experiment")
     ap.add_argument("--test-bag", default="build/exp/test_shifted")
