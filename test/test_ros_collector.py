@@ -223,6 +223,8 @@ def test_samples_land_on_disk_with_interpolated_joints_and_pause_resume(make_rig
     assert kv["saved this run"] == "6" and kv["output directory"] == str(out)
     assert int(kv["bytes used"]) == sum(p.stat().st_size for p in (out / "samples").glob("*.png"))
     assert float(kv["quota [MiB]"]) == 4096.0
+    summary = rig.node.summary()  # logged at shutdown: where live frames went
+    assert "8 images received" in summary and "6 saved" in summary and "dropped while busy" in summary
 
 
 @needs_ros_graph

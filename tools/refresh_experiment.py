@@ -84,6 +84,9 @@ def collect_live(bag: Path, out_dir: Path, work: Path, args) -> tuple[int, float
     from ctrnet_ros.collect.dataset import load_collection
 
     coll = load_collection(out_dir)
+    summary = [line for line in (work / "collector_node.log").read_text().splitlines() if "summary:" in line]
+    if summary:  # how many images arrived live and why the others were not saved
+        print(summary[-1].split("summary:", 1)[1].strip(), flush=True)
     return len(coll.samples), time.perf_counter() - t0
 
 

@@ -255,6 +255,15 @@ class CollectorNode(Node):
             quota_bytes=w.quota_bytes, max_samples=w.max_samples, full_reason=w.full_reason,
             full_detail=w.full_detail)
 
+    def summary(self) -> str:
+        """One line for the log at shutdown: what arrived, what was lost, what was saved and why not."""
+        stats = self.collector.stats.snapshot()
+        with self._lock:
+            images_in = self._images_in
+        rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejections"].items())) or "none"
+        return (f"summary: {images_in} images received, {self._slot.dropped} dropped while busy (latest wins), "
+                f"{stats['offered']} offered to selection, {stats['saved']} saved; rejected: {rejected}")
+
     def _publish_diagnostics(self) -> None:
         self._diag_pub.publish(make_diagnostic_array(self.status(), self.get_clock().now().to_msg()))
 
@@ -300,6 +309,7 @@ class CollectorNode(Node):
         slot = getattr(self, "_slot", None)
         if slot is not None:
             close_and_join(slot, self._worker)
+            self.get_logger().info(self.summary())
         writer = getattr(self, "_writer", None)
         if writer is not None:
             writer.close()
