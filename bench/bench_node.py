@@ -64,8 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=100, help="frames for the bare-inference timing")
     args = ap.parse_args(argv)
     os.chdir(ROOT)
-    models = args.model or [m for m in ("models/panda_ctrnet.onnx", "models/panda_ctrnet_int8.onnx")
-                            if m == "models/panda_ctrnet.onnx" or Path(m).is_file()]
+    models = args.model or ["models/panda_ctrnet.onnx"] + [m for m in ["models/panda_ctrnet_int8.onnx"]
+                                                           if Path(m).is_file()]
     missing = [m for m in models if not Path(m).is_file()]
     if missing:
         print(f"bench_node: skipped: model file(s) {missing} not found (train/export one, or pass --model)")

@@ -302,12 +302,9 @@ def quantize_int8(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.Pa
         quant_pre_process(str(fp32_path), str(pre))  # shape inference + graph clean-up, as ORT recommends
         quantize_static(str(pre), str(tmp), _Frames(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        proto = onnx.load(str(tmp))
-        meta = {p.key: p.value for p in proto.metadata_props}
-        meta["ctrnet_ros.quantization"] = "int8 static, QDQ, per-channel weights (onnxruntime.quantization)"
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            proto.metadata_props.add(key=key, value=value)
+        proto = onnx.load(str(tmp))  # quantize_static keeps the float model's metadata; add what it did
+        proto.metadata_props.add(key="ctrnet_ros.quantization",
+                                 value="int8 static, QDQ, per-channel weights (onnxruntime.quantization)")
         onnx.save(proto, str(tmp))
         os.replace(tmp, out_path)
     finally:

@@ -29,8 +29,8 @@ import os
 import threading
 import time
 import traceback
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
