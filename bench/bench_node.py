@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     if missing:
         print(f"bench_node: skipped: model file(s) {missing} not found (train/export one, or pass --model)")
         return 0
-    from ctrnet_ros.ros.replay_session import NodeProcessError, ReplaySession, ensure_sim_bag, network_is_private
+    from ctrnet_ros.ros.replay_session import ensure_sim_bag, network_is_private
 
     if not network_is_private() or os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST":
         print("bench_node: skipped: run through `make bench` (private network namespace, loopback-only DDS)")
