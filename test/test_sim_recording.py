@@ -35,3 +35,43 @@ def test_bag_robot_stays_in_view(tmp_path):
     # Images differ over time (the robot moves and per-frame effects vary) and are not blank.
     a, b = (np.frombuffer(bytes(images[i].data), np.uint8) for i in (0, -1))
     assert a.std() > 5 and np.mean(a != b) > 0.1
+
+
+def test_second_recording_of_the_same_cell(tmp_path):
+    """``scene_seed``: same camera, intrinsics and room as the first recording; own robot path and noise."""
+    from ctrnet_ros.eval.bagio import read_bag_messages
+    from ctrnet_ros.sim.recording import record_sim_bag
+
+    kw = dict(domain="shifted", width=96, height=72, camera_hz=10.0, progress=False)
+    first = record_sim_bag(tmp_path / "first", duration_s=0.5, seed=11, **kw)
+    again = record_sim_bag(tmp_path / "again", duration_s=1.0, seed=12, scene_seed=11, scene_duration_s=0.5, **kw)
+    other = record_sim_bag(tmp_path / "other", duration_s=1.0, seed=12, **kw)
+
+    def camera_and_joints(summary):
+        first_of = {}
+        for topic, _, msg in read_bag_messages(summary.bag_path, ["/camera/color/camera_info", "/joint_states"]):
+            first_of.setdefault(topic, msg)
+        T = GroundTruth.load(summary.groundtruth_path).segments[0].T_parent_child
+        return T, np.array(first_of["/camera/color/camera_info"].k), np.array(first_of["/joint_states"].position)
+
+    T1, K1, q1 = camera_and_joints(first)
+    T2, K2, q2 = camera_and_joints(again)
+    T3, K3, _ = camera_and_joints(other)
+    np.testing.assert_array_equal(T1, T2)
+    np.testing.assert_array_equal(K1, K2)
+    assert not np.allclose(q1, q2)  # its own trajectory
+    assert se3.translation_error(T1, T3) > 0.05  # without scene_seed: a different cell
+
+
+def test_ensure_sim_bag_reuses_only_a_bag_with_the_same_settings(tmp_path):
+    from ctrnet_ros.ros.replay_session import RECIPE_FILENAME, ensure_sim_bag
+
+    kw = dict(duration_s=0.2, width=64, height=48, camera_hz=10.0, progress=False)
+    bag = ensure_sim_bag(tmp_path / "bag", seed=2, **kw)
+    stamp = (bag / "metadata.yaml").stat().st_mtime_ns
+    assert ensure_sim_bag(bag, seed=2, **kw) == bag and (bag / "metadata.yaml").stat().st_mtime_ns == stamp
+    ensure_sim_bag(bag, seed=3, **kw)  # other settings: recorded again
+    assert '"seed": 3' in (bag / RECIPE_FILENAME).read_text()
+    (bag / RECIPE_FILENAME).unlink()  # no recipe (older version, or interrupted before it): not trusted
+    ensure_sim_bag(bag, seed=3, **kw)
+    assert (bag / RECIPE_FILENAME).is_file()

@@ -43,11 +43,12 @@ def run(cmd: list[str], log: Path, *, env=None) -> float:
     return time.perf_counter() - t0
 
 
-def ensure_bag(path: Path, seed: int, duration: float, camera_hz: float) -> None:
+def ensure_bag(path: Path, seed: int, duration: float, camera_hz: float, **scene) -> None:
     """A shifted-preset bag at ``path`` (recorded unless complete), camera anywhere in the preset's range."""
     from ctrnet_ros.ros.replay_session import ensure_sim_bag
 
-    ensure_sim_bag(path, duration_s=duration, seed=seed, domain="shifted", distance_m=None, camera_hz=camera_hz)
+    ensure_sim_bag(path, duration_s=duration, seed=seed, domain="shifted", distance_m=None, camera_hz=camera_hz,
+                   **scene)
 
 
 def evaluate(bag: Path, model: Path, out: Path, log: Path) -> tuple[dict, float]:
@@ -99,7 +100,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="build/refresh_experiment")
     ap.add_argument("--test-bag", default="build/exp/test_shifted")
     ap.add_argument("--test-seed", type=int, default=7001)
-    ap.add_argument("--collect-bag", default="build/exp/collect_shifted")
+    ap.add_argument("--collect-scene", choices=["test", "own"], default="test",
+                    help="test: the collection bag is a second recording of the test bag's cell (same fixed camera, "
+                         "room and lights; its own robot trajectory, image noise and seed), the refresh's use "
+                         "case; own: a different cell drawn from --collect-seed (cross-scene generalisation)")
+    ap.add_argument("--collect-bag", default=None,
+                    help="default: build/exp/collect_shifted_same_cell (--collect-scene test) or "
+                         "build/exp/collect_shifted (own)")
     ap.add_argument("--collect-seed", type=int, default=4242)
     ap.add_argument("--collect-duration", type=float, default=40.0)
     ap.add_argument("--collect-hz", type=float, default=10.0)
@@ -112,9 +119,14 @@ def main(argv=None) -> int:
 
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    same_cell = args.collect_scene == "test"
+    if args.collect_bag is None:
+        args.collect_bag = "build/exp/collect_shifted_same_cell" if same_cell else "build/exp/collect_shifted"
     test_bag, collect_bag = ROOT / args.test_bag, ROOT / args.collect_bag
-    ensure_bag(test_bag, args.test_seed, 10.0, 30.0)
-    ensure_bag(collect_bag, args.collect_seed, args.collect_duration, args.collect_hz)
+    test_duration = 10.0
+    ensure_bag(test_bag, args.test_seed, test_duration, 30.0)
+    scene = dict(scene_seed=args.test_seed, scene_duration_s=test_duration) if same_cell else {}
+    ensure_bag(collect_bag, args.collect_seed, args.collect_duration, args.collect_hz, **scene)
 
     before, t_eval_a = evaluate(test_bag, ROOT / args.model, out / "eval_before", out / "eval_before.log")
     print(f"A: ADD AUC {before['add_auc']:.2f} ({before['frames_with_estimate']}/{before['frames']} frames)")
@@ -139,7 +151,7 @@ def main(argv=None) -> int:
                "wall_clock_s": {"collect": t_collect, "refresh": t_refresh, "eval_before": t_eval_a,
                                 "eval_after": t_eval_b},
                "loss_curves": str(out / "refresh" / "curves.png"), "test_bag": str(test_bag),
-               "collect_bag": str(collect_bag), "init": args.init, "steps": args.steps,
+               "collect_bag": str(collect_bag), "collect_scene": args.collect_scene, "init": args.init, "steps": args.steps,
                "refresh_args": args.refresh_args}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = [f"# Self-supervised refresh experiment ({out.name})", "",
@@ -147,7 +159,8 @@ def main(argv=None) -> int:
     for k in keys:
         md.append(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |")
     md += ["", f"**B - A = {summary['B_minus_A']:+.2f} ADD AUC points** on `{args.test_bag}`; "
-               f"{n_samples} samples collected live by collector_node from `{args.collect_bag}`.", "",
+               f"{n_samples} samples collected live by collector_node from `{args.collect_bag}` "
+               f"({'the same cell, another recording' if same_cell else 'another cell'}).", "",
            f"Wall clock: collection {t_collect:.0f} s, refresh {t_refresh:.0f} s ({args.steps} steps), "
            f"evaluations {t_eval_a:.0f} + {t_eval_b:.0f} s.", "", "![loss curves](refresh/curves.png)", ""]
     (out / "summary.md").write_text("\n".join(md))

@@ -11,6 +11,7 @@ Everything here starts rclpy: run it inside a private network namespace (``make 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["ensure_sim_bag", "node_command", "network_is_private", "use_large_shm_profile", "ReplaySession",
-           "ReceivedTf", "NodeProcessError"]
+__all__ = ["ensure_sim_bag", "RECIPE_FILENAME", "node_command", "network_is_private", "use_large_shm_profile",
+           "ReplaySession", "ReceivedTf", "NodeProcessError"]
 
 
 #: Fast DDS profile with a 16 MiB shared-memory segment. With the default 512 KiB segment, a
@@ -77,26 +78,44 @@ def network_is_private() -> bool:
         return False
 
 
+#: written beside a bag ensure_sim_bag recorded: the settings it was recorded with
+RECIPE_FILENAME = "ctrnet_recording.json"
+
+
 def ensure_sim_bag(path: str | os.PathLike, *, duration_s: float = 10.0, seed: int = 1, width: int = 640,
                    height: int = 480, domain: str = "train", distance_m: tuple[float, float] | None = (1.1, 1.5),
-                   camera_hz: float = 30.0, progress: bool = True) -> Path:
-    """Reuse the sim bag at ``path`` if complete, else record it (:func:`~ctrnet_ros.sim.recording.record_sim_bag`).
+                   camera_hz: float = 30.0, scene_seed: int | None = None, scene_duration_s: float | None = None,
+                   progress: bool = True) -> Path:
+    """Reuse the sim bag at ``path`` if complete and recorded with these settings, else record it.
 
-    ``distance_m`` places the camera the way a fixed calibration camera usually is (1.1-1.5 m from the
-    robot's sweep) rather than anywhere in the preset's 0.8-2.5 m; None keeps the preset's range.
+    Recording: :func:`~ctrnet_ros.sim.recording.record_sim_bag`; the settings go into
+    ``RECIPE_FILENAME`` beside the bag, written last. ``distance_m`` places the camera the way a fixed
+    calibration camera usually is (1.1-1.5 m from the robot's sweep) rather than anywhere in the
+    preset's 0.8-2.5 m; None keeps the preset's range. ``scene_seed``/``scene_duration_s``: record in
+    the scene of another recording (a second recording of the same cell).
     """
     from ..sim.bag import GROUNDTRUTH_FILENAME
 
     path = Path(path)
+    recipe = {"duration_s": float(duration_s), "seed": int(seed), "width": int(width), "height": int(height),
+              "domain": domain, "distance_m": list(distance_m) if distance_m else None, "camera_hz": float(camera_hz),
+              "scene_seed": scene_seed, "scene_duration_s": scene_duration_s}
+    recipe_file = path / RECIPE_FILENAME
     if (path / "metadata.yaml").is_file() and (path / GROUNDTRUTH_FILENAME).is_file():
-        return path
+        try:
+            if json.loads(recipe_file.read_text()) == recipe:
+                return path
+        except (OSError, ValueError):
+            pass  # recorded by an older version, or by hand: record again rather than trust it
     from ..sim.recording import record_sim_bag
 
     if path.exists():
-        shutil.rmtree(path)  # an interrupted recording: start over
+        shutil.rmtree(path)  # an interrupted recording, or one with other settings: start over
     path.parent.mkdir(parents=True, exist_ok=True)
     record_sim_bag(path, domain=domain, duration_s=duration_s, seed=seed, width=width, height=height,
-                   camera_hz=camera_hz, domain_overrides={"distance_m": tuple(distance_m)} if distance_m else None, progress=progress)
+                   camera_hz=camera_hz, domain_overrides={"distance_m": tuple(distance_m)} if distance_m else None,
+                   scene_seed=scene_seed, scene_duration_s=scene_duration_s, progress=progress)
+    recipe_file.write_text(json.dumps(recipe, indent=1) + "\n")  # last: marks the recording complete
     return path
 
 

@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--bump-rotation", type=float, default=2.0, help="bump rotation, degrees")
     bg.add_argument("--distance", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                     help="camera distance range in metres (overrides the preset's)")
+    bg.add_argument("--scene-seed", type=int, default=None,
+                    help="record in the scene (camera, room, lights) of the recording with this seed: a second "
+                         "recording of the same cell, with --seed's own robot trajectory and image noise")
+    bg.add_argument("--scene-duration", type=float, default=None,
+                    help="duration of the recording whose scene --scene-seed reuses (default: --duration)")
     bg.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     bg.add_argument("--compress", action="store_true", help="zstd chunk compression (mcap only)")
     return parser
@@ -173,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  width=args.width, height=args.height, robot=args.robot, camera_hz=args.camera_hz,
                                  joint_hz=args.joint_hz, bump=bump, storage=args.storage, compress=args.compress,
                                  cache_dir=args.cache_dir,
-                                 domain_overrides={"distance_m": tuple(args.distance)} if args.distance else None)
+                                 domain_overrides={"distance_m": tuple(args.distance)} if args.distance else None,
+                                 scene_seed=args.scene_seed, scene_duration_s=args.scene_duration)
         print(f"bag: {summary.bag_path}")
         print(f"ground truth: {summary.groundtruth_path} ({len(summary.groundtruth.segments)} segment(s))")
         for topic, n in summary.message_counts.items():

@@ -55,7 +55,8 @@ def record_sim_bag(out_dir: str | os.PathLike, *, domain: str = "train", duratio
                    width: int = 640, height: int = 480, robot: str = "panda", camera_hz: float = 30.0,
                    joint_hz: float = 100.0, bump: BumpSpec | None = None, storage: str = "mcap",
                    compress: bool = False, cache_dir: str | os.PathLike | None = None,
-                   domain_overrides: dict | None = None, progress: bool = True) -> BagSummary:
+                   domain_overrides: dict | None = None, scene_seed: int | None = None,
+                   scene_duration_s: float | None = None, progress: bool = True) -> BagSummary:
     """Render and record a simulated rosbag with ground truth (see :func:`~ctrnet_ros.sim.bag.write_sim_bag`).
 
     Deterministic per ``seed``. The robot moves along a smooth random trajectory; the camera is static,
@@ -65,6 +66,12 @@ def record_sim_bag(out_dir: str | os.PathLike, *, domain: str = "train", duratio
     Args:
         domain_overrides: replace preset fields, e.g. ``{"distance_m": (1.1, 1.5)}`` for a camera mounted
             the way a calibration camera usually is (the ``train`` preset spans 0.8-2.5 m).
+        scene_seed: draw the scene (camera pose and intrinsics, room, lights, distractors, robot
+            appearance) as the recording with this seed and ``scene_duration_s`` does, while the robot's
+            trajectory and the per-frame image noise still come from ``seed``: a second recording of the
+            same cell (same fixed camera), e.g. to collect unlabeled data there and test on the first.
+            The robot then sweeps its own path, so it may leave the view where the first one did not.
+        scene_duration_s: duration of the recording whose scene is reused (default ``duration_s``).
     """
     cfg = load_domain(domain)
     if domain_overrides:
@@ -72,8 +79,13 @@ def record_sim_bag(out_dir: str | os.PathLike, *, domain: str = "train", duratio
     renderer = MujocoRenderer.for_robot(robot, cache_dir=cache_dir)
     rng_traj, rng_scene, rng_bump = np.random.default_rng([seed, 0xBA6]).spawn(3)
     traj = smooth_joint_trajectory(renderer.robot, rng_traj, duration_s)
-    bounds = trajectory_bounds(renderer.robot, traj, duration_s)
-    scene = sample_scene(renderer, cfg, rng_scene, width=width, height=height, joint_positions=traj(0.0),
+    scene_traj, scene_s = traj, duration_s
+    if scene_seed is not None:  # the scene exactly as the recording with scene_seed drew it
+        scene_s = float(scene_duration_s or duration_s)
+        rng_scene_traj, rng_scene, _ = np.random.default_rng([scene_seed, 0xBA6]).spawn(3)
+        scene_traj = smooth_joint_trajectory(renderer.robot, rng_scene_traj, scene_s)
+    bounds = trajectory_bounds(renderer.robot, scene_traj, scene_s)
+    scene = sample_scene(renderer, cfg, rng_scene, width=width, height=height, joint_positions=scene_traj(0.0),
                          bounds=bounds)
     renderer.set_appearance(scene.appearance)
     poses = scene.T_camera_base
