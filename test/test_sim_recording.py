@@ -37,15 +37,17 @@ def test_bag_robot_stays_in_view(tmp_path):
     assert a.std() > 5 and np.mean(a != b) > 0.1
 
 
-def test_second_recording_of_the_same_cell(tmp_path):
-    """``scene_seed``: same camera, intrinsics and room as the first recording; own robot path and noise."""
+def test_windows_of_one_cell_share_the_camera_not_the_images(tmp_path):
+    """``scene_seed``: one cell (camera, room, robot trajectory); each recording plays its own window."""
     from ctrnet_ros.eval.bagio import read_bag_messages
     from ctrnet_ros.sim.recording import record_sim_bag
 
-    kw = dict(domain="shifted", width=96, height=72, camera_hz=10.0, progress=False)
+    kw = dict(domain="shifted", width=96, height=72, camera_hz=10.0, joint_hz=20.0, progress=False,
+              scene_seed=11, scene_duration_s=2.0)
     first = record_sim_bag(tmp_path / "first", duration_s=0.5, seed=11, **kw)
-    again = record_sim_bag(tmp_path / "again", duration_s=1.0, seed=12, scene_seed=11, scene_duration_s=0.5, **kw)
-    other = record_sim_bag(tmp_path / "other", duration_s=1.0, seed=12, **kw)
+    later = record_sim_bag(tmp_path / "later", duration_s=1.0, seed=12, start_s=1.0, **kw)
+    other = record_sim_bag(tmp_path / "other", duration_s=0.5, seed=12, domain="shifted", width=96, height=72,
+                           camera_hz=10.0, joint_hz=20.0, progress=False)
 
     def camera_and_joints(summary):
         first_of = {}
@@ -55,12 +57,14 @@ def test_second_recording_of_the_same_cell(tmp_path):
         return T, np.array(first_of["/camera/color/camera_info"].k), np.array(first_of["/joint_states"].position)
 
     T1, K1, q1 = camera_and_joints(first)
-    T2, K2, q2 = camera_and_joints(again)
-    T3, K3, _ = camera_and_joints(other)
+    T2, K2, q2 = camera_and_joints(later)
+    T3, _, _ = camera_and_joints(other)
     np.testing.assert_array_equal(T1, T2)
     np.testing.assert_array_equal(K1, K2)
-    assert not np.allclose(q1, q2)  # its own trajectory
+    assert not np.allclose(q1, q2)  # a later part of the cell's trajectory
     assert se3.translation_error(T1, T3) > 0.05  # without scene_seed: a different cell
+    with pytest.raises(ValueError, match="outside"):
+        record_sim_bag(tmp_path / "bad", duration_s=1.5, seed=1, start_s=1.0, **kw)
 
 
 def test_ensure_sim_bag_reuses_only_a_bag_with_the_same_settings(tmp_path):

@@ -72,8 +72,8 @@ def collect_live(bag: Path, out_dir: Path, work: Path, args) -> tuple[int, float
     node_log = (work / "collector_node.log").open("w")
     node = subprocess.Popen(cmd, stdout=node_log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
-        run([str(Path(PY).parent / "ctrnet-play"), str(bag), "--wait-for-subscribers", "60"], work / "play.log",
-            env=env)
+        run([str(Path(PY).parent / "ctrnet-play"), str(bag), "--wait-for-subscribers", "60", "--rate",
+             str(args.play_rate)], work / "play.log", env=env)
         time.sleep(2.0)  # let the worker write the last frames
     finally:
         node.send_signal(signal.SIGINT)
@@ -98,36 +98,58 @@ def main(argv=None) -> int:
                          "ctrnet-export --torch-checkpoint)")
     ap.add_argument("--model", default="models/panda_ctrnet.onnx", help="the pretrained model as shipped (ONNX)")
     ap.add_argument("--out", default="build/refresh_experiment")
-    ap.add_argument("--test-bag", default="build/exp/test_shifted")
-    ap.add_argument("--test-seed", type=int, default=7001)
     ap.add_argument("--collect-scene", choices=["test", "own"], default="test",
-                    help="test: the collection bag is a second recording of the test bag's cell (same fixed camera, "
-                         "room and lights; its own robot trajectory, image noise and seed), the refresh's use "
-                         "case; own: a different cell drawn from --collect-seed (cross-scene generalisation)")
+                    help="test (default): both bags are windows of one recorded cell, so they share the fixed "
+                         "camera, room and lights: the test bag is its first 10 s, the collection bag the next "
+                         "--collect-duration s of the robot's motion (never the same image): the refresh's use "
+                         "case, a model adapted to the camera it runs on. own: the collection bag is a different "
+                         "cell (camera, room, lights) drawn from --collect-seed: cross-scene generalisation")
+    ap.add_argument("--test-bag", default=None,
+                    help="default: build/exp/cell_test (--collect-scene test) or build/exp/test_shifted (own)")
+    ap.add_argument("--test-seed", type=int, default=7001, help="test bag seed (and the cell's, with test)")
     ap.add_argument("--collect-bag", default=None,
-                    help="default: build/exp/collect_shifted_same_cell (--collect-scene test) or "
-                         "build/exp/collect_shifted (own)")
-    ap.add_argument("--collect-seed", type=int, default=4242)
+                    help="default: build/exp/cell_collect (--collect-scene test) or build/exp/collect_shifted (own)")
+    ap.add_argument("--collect-seed", type=int, default=4242, help="collection bag seed (image noise only, with test)")
+    ap.add_argument("--cell-span", type=float, default=60.0,
+                    help="seconds of the cell's robot trajectory, all framed by its camera (with test): the test "
+                         "window, the collection window, and a spare window after them (a labelled validation "
+                         "window: tune on it, never on the test window)")
     ap.add_argument("--collect-duration", type=float, default=40.0)
     ap.add_argument("--collect-hz", type=float, default=10.0)
     ap.add_argument("--max-rate-hz", type=float, default=10.0)
+    ap.add_argument("--play-rate", type=float, default=0.5,
+                    help="replay speed of the collection bag (stamps are unchanged; below 1 the collector, which "
+                         "shares 2 CPU cores with the player, receives and judges every frame)")
     ap.add_argument("--min-joint-distance", type=float, default=0.05)
     ap.add_argument("--max-samples", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--collect-only", action="store_true",
+                    help="only record the bags and collect live (to measure the collector's yield)")
     ap.add_argument("--refresh-args", default="", help="more ctrnet-train refresh options, one string")
     args = ap.parse_args(argv)
 
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     same_cell = args.collect_scene == "test"
-    if args.collect_bag is None:
-        args.collect_bag = "build/exp/collect_shifted_same_cell" if same_cell else "build/exp/collect_shifted"
+    args.test_bag = args.test_bag or ("build/exp/cell_test" if same_cell else "build/exp/test_shifted")
+    args.collect_bag = args.collect_bag or ("build/exp/cell_collect" if same_cell else "build/exp/collect_shifted")
     test_bag, collect_bag = ROOT / args.test_bag, ROOT / args.collect_bag
-    test_duration = 10.0
-    ensure_bag(test_bag, args.test_seed, test_duration, 30.0)
-    scene = dict(scene_seed=args.test_seed, scene_duration_s=test_duration) if same_cell else {}
-    ensure_bag(collect_bag, args.collect_seed, args.collect_duration, args.collect_hz, **scene)
+    test_s = 10.0
+    if same_cell:  # one cell trajectory: test window [0, 10) s, collection window after it
+        if args.cell_span < test_s + args.collect_duration:
+            sys.exit(f"--cell-span {args.cell_span} s is shorter than the test and collection windows")
+        cell = dict(scene_seed=args.test_seed, scene_duration_s=args.cell_span)
+        ensure_bag(test_bag, args.test_seed, test_s, 30.0, start_s=0.0, **cell)
+        ensure_bag(collect_bag, args.collect_seed, args.collect_duration, args.collect_hz, start_s=test_s, **cell)
+    else:
+        ensure_bag(test_bag, args.test_seed, test_s, 30.0)
+        ensure_bag(collect_bag, args.collect_seed, args.collect_duration, args.collect_hz)
 
+    if args.collect_only:
+        shutil.rmtree(out / "collection_only", ignore_errors=True)
+        n_samples, t_collect = collect_live(collect_bag, out / "collection_only", out, args)
+        print(f"collected {n_samples} samples in {t_collect:.0f} s")
+        return 0
     before, t_eval_a = evaluate(test_bag, ROOT / args.model, out / "eval_before", out / "eval_before.log")
     print(f"A: ADD AUC {before['add_auc']:.2f} ({before['frames_with_estimate']}/{before['frames']} frames)")
 

@@ -85,21 +85,21 @@ RECIPE_FILENAME = "ctrnet_recording.json"
 def ensure_sim_bag(path: str | os.PathLike, *, duration_s: float = 10.0, seed: int = 1, width: int = 640,
                    height: int = 480, domain: str = "train", distance_m: tuple[float, float] | None = (1.1, 1.5),
                    camera_hz: float = 30.0, scene_seed: int | None = None, scene_duration_s: float | None = None,
-                   progress: bool = True) -> Path:
+                   start_s: float = 0.0, progress: bool = True) -> Path:
     """Reuse the sim bag at ``path`` if complete and recorded with these settings, else record it.
 
     Recording: :func:`~ctrnet_ros.sim.recording.record_sim_bag`; the settings go into
     ``RECIPE_FILENAME`` beside the bag, written last. ``distance_m`` places the camera the way a fixed
     calibration camera usually is (1.1-1.5 m from the robot's sweep) rather than anywhere in the
-    preset's 0.8-2.5 m; None keeps the preset's range. ``scene_seed``/``scene_duration_s``: record in
-    the scene of another recording (a second recording of the same cell).
+    preset's 0.8-2.5 m; None keeps the preset's range. ``scene_seed``/``scene_duration_s``/``start_s``: one
+    window of a cell's recording (same fixed camera as the cell's other windows).
     """
     from ..sim.bag import GROUNDTRUTH_FILENAME
 
     path = Path(path)
     recipe = {"duration_s": float(duration_s), "seed": int(seed), "width": int(width), "height": int(height),
               "domain": domain, "distance_m": list(distance_m) if distance_m else None, "camera_hz": float(camera_hz),
-              "scene_seed": scene_seed, "scene_duration_s": scene_duration_s}
+              "scene_seed": scene_seed, "scene_duration_s": scene_duration_s, "start_s": float(start_s)}
     recipe_file = path / RECIPE_FILENAME
     if (path / "metadata.yaml").is_file() and (path / GROUNDTRUTH_FILENAME).is_file():
         try:
@@ -114,7 +114,7 @@ def ensure_sim_bag(path: str | os.PathLike, *, duration_s: float = 10.0, seed: i
     path.parent.mkdir(parents=True, exist_ok=True)
     record_sim_bag(path, domain=domain, duration_s=duration_s, seed=seed, width=width, height=height,
                    camera_hz=camera_hz, domain_overrides={"distance_m": tuple(distance_m)} if distance_m else None,
-                   scene_seed=scene_seed, scene_duration_s=scene_duration_s, progress=progress)
+                   scene_seed=scene_seed, scene_duration_s=scene_duration_s, start_s=start_s, progress=progress)
     recipe_file.write_text(json.dumps(recipe, indent=1) + "\n")  # last: marks the recording complete
     return path
 

@@ -139,10 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--distance", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                     help="camera distance range in metres (overrides the preset's)")
     bg.add_argument("--scene-seed", type=int, default=None,
-                    help="record in the scene (camera, room, lights) of the recording with this seed: a second "
-                         "recording of the same cell, with --seed's own robot trajectory and image noise")
+                    help="record one window of a cell: scene (camera, room, lights) and robot trajectory from this "
+                         "seed; --seed then seeds only the image noise and stamp jitter")
     bg.add_argument("--scene-duration", type=float, default=None,
-                    help="duration of the recording whose scene --scene-seed reuses (default: --duration)")
+                    help="span of the cell's trajectory, framed by its camera (default: --start + --duration)")
+    bg.add_argument("--start", type=float, default=0.0,
+                    help="start of this recording's window on the cell's trajectory, seconds (with --scene-seed)")
     bg.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     bg.add_argument("--compress", action="store_true", help="zstd chunk compression (mcap only)")
     return parser
@@ -179,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  joint_hz=args.joint_hz, bump=bump, storage=args.storage, compress=args.compress,
                                  cache_dir=args.cache_dir,
                                  domain_overrides={"distance_m": tuple(args.distance)} if args.distance else None,
-                                 scene_seed=args.scene_seed, scene_duration_s=args.scene_duration)
+                                 scene_seed=args.scene_seed, scene_duration_s=args.scene_duration,
+                                 start_s=args.start)
         print(f"bag: {summary.bag_path}")
         print(f"ground truth: {summary.groundtruth_path} ({len(summary.groundtruth.segments)} segment(s))")
         for topic, n in summary.message_counts.items():

@@ -41,6 +41,19 @@ def trajectory_bounds(robot, q_of_t, duration_s: float, *, samples: int = 60, pa
     return centre, float(np.max(np.linalg.norm(pts - centre, axis=1)) + pad)
 
 
+class _Shifted:
+    """``t -> trajectory(t + offset)`` (and its velocity): a later window of a trajectory."""
+
+    def __init__(self, trajectory, offset_s: float):
+        self._trajectory, self._offset = trajectory, float(offset_s)
+
+    def __call__(self, t: float):
+        return self._trajectory(t + self._offset)
+
+    def velocity(self, t: float):
+        return self._trajectory.velocity(t + self._offset)
+
+
 def _bumped(T_camera_base: np.ndarray, bump: BumpSpec, rng: np.random.Generator) -> np.ndarray:
     """Camera pose after a bump: a random displacement and rotation of the given sizes, in the camera frame."""
     d = rng.normal(size=3)
@@ -56,7 +69,7 @@ def record_sim_bag(out_dir: str | os.PathLike, *, domain: str = "train", duratio
                    joint_hz: float = 100.0, bump: BumpSpec | None = None, storage: str = "mcap",
                    compress: bool = False, cache_dir: str | os.PathLike | None = None,
                    domain_overrides: dict | None = None, scene_seed: int | None = None,
-                   scene_duration_s: float | None = None, progress: bool = True) -> BagSummary:
+                   scene_duration_s: float | None = None, start_s: float = 0.0, progress: bool = True) -> BagSummary:
     """Render and record a simulated rosbag with ground truth (see :func:`~ctrnet_ros.sim.bag.write_sim_bag`).
 
     Deterministic per ``seed``. The robot moves along a smooth random trajectory; the camera is static,
@@ -66,27 +79,34 @@ def record_sim_bag(out_dir: str | os.PathLike, *, domain: str = "train", duratio
     Args:
         domain_overrides: replace preset fields, e.g. ``{"distance_m": (1.1, 1.5)}`` for a camera mounted
             the way a calibration camera usually is (the ``train`` preset spans 0.8-2.5 m).
-        scene_seed: draw the scene (camera pose and intrinsics, room, lights, distractors, robot
-            appearance) as the recording with this seed and ``scene_duration_s`` does, while the robot's
-            trajectory and the per-frame image noise still come from ``seed``: a second recording of the
-            same cell (same fixed camera), e.g. to collect unlabeled data there and test on the first.
-            The robot then sweeps its own path, so it may leave the view where the first one did not.
-        scene_duration_s: duration of the recording whose scene is reused (default ``duration_s``).
+        scene_seed: one recording of a *cell*: the scene (camera pose and intrinsics, room, lights,
+            distractors, robot appearance) and the robot's trajectory come from ``scene_seed``, the
+            trajectory spanning ``scene_duration_s`` with the camera placed to frame all of it; this
+            recording plays its window ``[start_s, start_s + duration_s)``. ``seed`` then seeds only the
+            stamp jitter and per-frame image noise. Recordings of one cell with disjoint windows share
+            the fixed camera but never an image: e.g. collect unlabeled data in one window, test in another.
+        scene_duration_s: the cell trajectory's span (default ``start_s + duration_s``).
+        start_s: start of this recording's window on the cell trajectory (only with ``scene_seed``).
     """
     cfg = load_domain(domain)
     if domain_overrides:
         cfg = dataclasses.replace(cfg, **domain_overrides)
     renderer = MujocoRenderer.for_robot(robot, cache_dir=cache_dir)
     rng_traj, rng_scene, rng_bump = np.random.default_rng([seed, 0xBA6]).spawn(3)
-    traj = smooth_joint_trajectory(renderer.robot, rng_traj, duration_s)
-    scene_traj, scene_s = traj, duration_s
-    if scene_seed is not None:  # the scene exactly as the recording with scene_seed drew it
-        scene_s = float(scene_duration_s or duration_s)
-        rng_scene_traj, rng_scene, _ = np.random.default_rng([scene_seed, 0xBA6]).spawn(3)
-        scene_traj = smooth_joint_trajectory(renderer.robot, rng_scene_traj, scene_s)
-    bounds = trajectory_bounds(renderer.robot, scene_traj, scene_s)
-    scene = sample_scene(renderer, cfg, rng_scene, width=width, height=height, joint_positions=scene_traj(0.0),
+    span, t0 = duration_s, 0.0
+    if scene_seed is not None:
+        span = float(scene_duration_s or start_s + duration_s)
+        t0 = float(start_s)
+        if t0 < 0 or t0 + duration_s > span + 1e-9:
+            raise ValueError(f"window [{t0}, {t0 + duration_s}) s lies outside the cell's trajectory [0, {span}) s")
+        rng_traj, rng_scene, _ = np.random.default_rng([scene_seed, 0xBA6]).spawn(3)
+    elif start_s:
+        raise ValueError("start_s needs scene_seed (a window on a cell's trajectory)")
+    cell_traj = smooth_joint_trajectory(renderer.robot, rng_traj, span)
+    bounds = trajectory_bounds(renderer.robot, cell_traj, span)
+    scene = sample_scene(renderer, cfg, rng_scene, width=width, height=height, joint_positions=cell_traj(0.0),
                          bounds=bounds)
+    traj = cell_traj if t0 == 0.0 else _Shifted(cell_traj, t0)
     renderer.set_appearance(scene.appearance)
     poses = scene.T_camera_base
     if bump is not None:

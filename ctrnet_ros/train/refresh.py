@@ -30,6 +30,7 @@ only) the usual validation metrics are logged too; they never influence training
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -89,6 +90,8 @@ class RefreshConfig:
     max_rmse_px: float = 15.0  # samples whose PnP RMSE exceeds this (input pixels) get weight 0
     min_agreement_iou: float = 0.5  # mask refinement only from samples whose render and predicted mask agree this well
     agreement_weighting: bool = False  # also weight the silhouette loss by render/mask agreement (ramp 0.3 -> 0.7 IoU)
+    mask_target: str = "teacher"  # silhouette target: "teacher" (the initial model's mask, frozen) or "student"
+    freeze_bn: bool = False  # keep BatchNorm statistics (and eval-mode normalisation) of the initial model
     render_scale: float = 0.5  # silhouette rendered at this fraction of the network input size
     render_sigma_px: float = 0.4  # softness of the silhouette edge, render pixels (larger grows the outline)
     max_faces: int = 5000  # mesh decimation budget for the whole robot
@@ -272,8 +275,8 @@ class SelfSupervisedTerms:
 def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *, keypoints_base: torch.Tensor,
                            T_base_link: torch.Tensor, cameras: Sequence[PinholeCamera], renderer: torch.nn.Module,
                            config: RefreshConfig, heatmap_stride: int, heatmaps_are_logits: bool,
-                           render_size: tuple[int, int], pnp_config: PnPConfig = PnPConfig()
-                           ) -> SelfSupervisedTerms:
+                           render_size: tuple[int, int], pnp_config: PnPConfig = PnPConfig(),
+                           target_mask: torch.Tensor | None = None) -> SelfSupervisedTerms:
     """CtRNet's self-supervised losses for one batch (see the module docstring).
 
     Args:
@@ -284,6 +287,8 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
         cameras: B pinhole cameras of the network-input images (no distortion).
         renderer: a :class:`~ctrnet_ros.train.silhouette.SilhouetteRenderer`.
         render_size: (w, h) of the rendered silhouette (the mask is resized to it).
+        target_mask: (B, 1, h', w') mask logits the silhouette must match instead of ``mask_logits``
+            (the frozen initial model's: a target that cannot drift with the network being trained).
     """
     device = heatmaps.device
     hm = heatmaps.float()
@@ -299,13 +304,18 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
     rw, rh = render_size
     m_logits = F.interpolate(mask_logits.float(), size=(rh, rw), mode="bilinear", align_corners=False)[:, 0]
     mask = torch.sigmoid(m_logits)
+    if target_mask is not None:
+        target = torch.sigmoid(F.interpolate(target_mask.detach().float(), size=(rh, rw), mode="bilinear",
+                                             align_corners=False)[:, 0])
+    else:
+        target = mask.detach()
     sil, ious = None, []
     if bool(ok.any()):
         K_r = torch.from_numpy(np.stack([c.transformed(c.resize_transform(rw, rh)).K for c in cameras])).to(device)
         sil = renderer(T.float(), T_base_link.float(), K_r.float(), image_size=(rw, rh))  # (B, rh, rw)
-        per_sil = ((sil - mask.detach()) ** 2).mean(dim=(1, 2))
+        per_sil = ((sil - target) ** 2).mean(dim=(1, 2))
         per_ref = F.binary_cross_entropy_with_logits(m_logits, sil.detach(), reduction="none").mean(dim=(1, 2))
-        sil_np, mask_np = sil.detach().cpu().numpy(), mask.detach().cpu().numpy()
+        sil_np, mask_np = sil.detach().cpu().numpy(), target.cpu().numpy()
         iou_all = [(mask_iou(mask_np[b], sil_np[b]) if bool(ok[b]) else float("nan")) for b in range(B)]
         w_sil = w
         if config.agreement_weighting:  # trust poses whose render already resembles the mask
@@ -324,6 +334,13 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
     loss = config.w_silhouette * l_sil + config.w_mask_refine * l_ref
     return SelfSupervisedTerms(loss=loss, silhouette=l_sil, mask_refine=l_ref, ok=ok, weight=w, T_camera_base=T,
                                pnp=res, silhouettes=sil, ious=ious)
+
+
+def _freeze_batchnorm(model: torch.nn.Module) -> None:
+    """BatchNorm layers back in eval mode: the initial model's statistics, no batch statistics."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = True,
@@ -357,6 +374,8 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
     if len(samples) < 1:
         raise RefreshError(f"collection {config.data!r} holds no usable samples")
 
+    if config.mask_target not in ("teacher", "student"):
+        raise RefreshError(f"mask_target must be 'teacher' or 'student', not {config.mask_target!r}")
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     rank, world, local_rank = _init_distributed()
@@ -392,7 +411,17 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
                           augment=config.augment, seed=config.seed)
     start_step = int(extra.get("refresh_step", 0)) if start_from == last_path else 0
     train_seconds = float(extra.get("refresh_seconds", 0.0)) if start_from == last_path else 0.0
+    teacher = None
+    if config.mask_target == "teacher":  # the initial model, frozen (also after a resume)
+        try:
+            teacher = load_checkpoint(Path(config.init), map_location="cpu")[0] if start_from == last_path else \
+                copy.deepcopy(model)
+        except ModelFileError as exc:
+            raise RefreshError(f"cannot load the initial model {config.init} as the mask teacher: {exc}") from exc
+        teacher.to(device).eval().requires_grad_(False)
     model.to(device).train()
+    if config.freeze_bn:
+        _freeze_batchnorm(model)
     net = model
     if world > 1:
         # every process sees batch_size images per step; gradients are averaged across processes
@@ -427,6 +456,8 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
             return
         val_metrics = evaluate(model, val_ds, device=device, batch_size=16, decode_method=decode_method)
         model.train()
+        if config.freeze_bn:
+            _freeze_batchnorm(model)
         append_log(log_path, {"step": step, **{f"val_{k}": val_metrics[k]
                                                for k in ("pck5", "median_px", "mask_iou", "add_auc")}}, LOG_COLUMNS)
         logger.info("step %d: validation PCK@5 %.1f %%, median %.2f px, mask IoU %.3f, ADD AUC %.1f", step,
@@ -470,12 +501,16 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
             image = batch["image"].to(device)
             B = image.shape[0]
             raw = net(image)
+            target_mask = None
+            if teacher is not None:
+                with torch.no_grad():
+                    target_mask = teacher(image)["mask_logits"]
             cams = [ds.cameras_in[int(i)] for i in batch["index"]]
             terms = self_supervised_losses(
                 raw["heatmaps"], raw["mask_logits"], keypoints_base=batch["keypoints_base"].to(device),
                 T_base_link=batch["T_base_link"].to(device), cameras=cams, renderer=renderer, config=config,
                 heatmap_stride=stride, heatmaps_are_logits=bool(model.heatmaps_are_logits), render_size=(rw, rh),
-                pnp_config=pnp_config)
+                pnp_config=pnp_config, target_mask=target_mask)
             loss, l_sil, l_ref, ok, w, res = (terms.loss, terms.silhouette, terms.mask_refine, terms.ok,
                                               terms.weight, terms.pnp)
             ious = terms.ious
