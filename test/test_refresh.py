@@ -108,6 +108,30 @@ def test_no_usable_pose_gives_a_zero_loss_that_still_reaches_every_output(panda,
     assert heat.grad is not None and mask_logits.grad is not None
 
 
+def test_teacher_mask_replaces_the_predicted_mask_as_the_silhouette_target(panda, renderer):
+    """``target_mask`` (the frozen initial model's mask) is what the render must match; the mask being
+    trained then has no say in the silhouette loss, so it cannot drift with the keypoints."""
+    X, links, uv = _geometry(panda, renderer)
+    B, K = uv.shape[:2]
+    hm_size = (SIZE[0] // STRIDE, SIZE[1] // STRIDE)
+    probs = render_gaussian_heatmaps(torch.from_numpy(uv), torch.ones(B, K, dtype=torch.bool), hm_size, STRIDE,
+                                     1.5).clamp(1e-4, 1 - 1e-4)
+    heat = torch.logit(probs).float()
+    K_mask = torch.from_numpy(np.stack([CAMERA.transformed(CAMERA.resize_transform(*hm_size)).K] * B)).float()
+    T_true = torch.from_numpy(np.stack([T_CAMERA_BASE] * B)).float()
+    good = torch.logit(renderer(T_true, links.float(), K_mask, image_size=hm_size).clamp(1e-4, 1 - 1e-4))[:, None]
+    empty = torch.full_like(good, -9.0)
+
+    def silhouette(mask_logits, target=None):
+        return float(self_supervised_losses(
+            heat, mask_logits, keypoints_base=X, T_base_link=links, cameras=[CAMERA] * B, renderer=renderer,
+            config=RefreshConfig(max_rmse_px=50.0), heatmap_stride=STRIDE, heatmaps_are_logits=True,
+            render_size=(80, 60), target_mask=target).silhouette)
+
+    assert silhouette(empty, target=good) == pytest.approx(silhouette(good), rel=1e-6)
+    assert silhouette(good, target=empty) > 10 * silhouette(good)
+
+
 @dataclass
 class _Sample:
     """What refresh() needs of a collected sample (see ctrnet_ros.collect.dataset.CollectedSample)."""
@@ -147,6 +171,33 @@ def test_refresh_run_writes_a_loadable_model_and_curves(tmp_path, panda):
     assert summary["step"] == 4
     rows = (out / "log.csv").read_text().strip().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4]
+
+
+def test_refresh_with_frozen_batchnorm_keeps_the_initial_statistics(tmp_path, panda):
+    torch.manual_seed(0)
+    spec, _ = panda
+    size = (128, 96)
+    model, cfg = build_model("ctrnet_slim", num_keypoints=len(spec.names), input_size=size, trunk_width=8,
+                             head_channels=16, mask_channels=8)
+    init = tmp_path / "init.pt"
+    save_checkpoint(init, model, cfg, {"keypoint_names": spec.names, "input_size": list(size), "robot": "panda"})
+    cam = PinholeCamera.from_fov(width=128, height=96, fovy_deg=50.0)
+    rng = np.random.default_rng(2)
+    samples = [_Sample(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), cam, q) for q in CONFIGS]
+
+    def running_means(path):
+        m = load_checkpoint(path)[0]
+        return [b.running_mean.clone() for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+
+    for freeze in (True, False):
+        out = tmp_path / f"run_{freeze}"
+        refresh(RefreshConfig(init=str(init), out_dir=str(out), steps=2, batch_size=2, num_workers=0, max_faces=2000,
+                              device="cpu", freeze_bn=freeze, mask_target="teacher"), samples=samples, progress=False)
+        same = all(torch.equal(a, b) for a, b in zip(running_means(init), running_means(out / "refreshed.pt")))
+        assert same == freeze
+    with pytest.raises(RefreshError, match="mask_target"):
+        refresh(RefreshConfig(init=str(init), out_dir=str(tmp_path / "bad"), mask_target="oracle"), samples=samples,
+                progress=False)
 
 
 def test_refresh_refuses_bad_inputs_clearly(tmp_path, panda):

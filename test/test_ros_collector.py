@@ -225,6 +225,7 @@ def test_samples_land_on_disk_with_interpolated_joints_and_pause_resume(make_rig
     assert float(kv["quota [MiB]"]) == 4096.0
     summary = rig.node.summary()  # logged at shutdown: where live frames went
     assert "8 images received" in summary and "6 saved" in summary and "dropped while busy" in summary
+    assert "ms waiting for joint states" in summary
 
 
 @needs_ros_graph

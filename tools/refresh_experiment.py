@@ -117,9 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--collect-duration", type=float, default=40.0)
     ap.add_argument("--collect-hz", type=float, default=10.0)
     ap.add_argument("--max-rate-hz", type=float, default=10.0)
-    ap.add_argument("--play-rate", type=float, default=0.5,
-                    help="replay speed of the collection bag (stamps are unchanged; below 1 the collector, which "
-                         "shares 2 CPU cores with the player, receives and judges every frame)")
+    ap.add_argument("--play-rate", type=float, default=1.0,
+                    help="replay speed of the collection bag (stamps are unchanged)")
     ap.add_argument("--min-joint-distance", type=float, default=0.05)
     ap.add_argument("--max-samples", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=300)

@@ -76,6 +76,7 @@ class CollectorStats:
         self.saved = 0  # samples saved in this run
         self.saved_bytes = 0  # their PNG bytes
         self.rejections: Counter[str] = Counter()  # reason tag -> frames
+        self.last_detail_by_reason: dict[str, str] = {}  # reason tag -> detail of its newest frame
         self.last_reason: str | None = None  # of the newest frame; None when it was saved
         self.last_detail = ""
         self.last_error = ""  # newest write error, kept after later successes
@@ -93,6 +94,7 @@ class CollectorStats:
                 self.write_failing = False
             else:
                 self.rejections[decision.reason] += 1
+                self.last_detail_by_reason[decision.reason] = decision.detail
                 if decision.reason == "write_error":
                     self.last_error, self.write_failing = decision.detail, True
 
@@ -105,7 +107,8 @@ class CollectorStats:
         """A consistent copy of the counters."""
         with self._lock:
             return {"offered": self.offered, "saved": self.saved, "saved_bytes": self.saved_bytes,
-                    "rejections": dict(self.rejections), "last_reason": self.last_reason,
+                    "rejections": dict(self.rejections), "last_detail_by_reason": dict(self.last_detail_by_reason),
+                    "last_reason": self.last_reason,
                     "last_detail": self.last_detail, "last_error": self.last_error,
                     "write_failing": self.write_failing,
                     "joint_messages": self.joint_messages, "nan_joint_samples": self.nan_joint_samples}

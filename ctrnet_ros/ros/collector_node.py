@@ -21,6 +21,7 @@ runs on bags. Data flow::
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -161,6 +162,7 @@ class CollectorNode(Node):
         self._paused = cfg.start_paused
         self._images_in = 0
         self._paused_frames = 0
+        self._worker_s = {"joint_wait": 0.0, "offer": 0.0, "frames": 0}  # worker thread's time, for the summary
 
         # -- publishers, subscriptions, services ----------------------------------------------------
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -259,10 +261,15 @@ class CollectorNode(Node):
         """One line for the log at shutdown: what arrived, what was lost, what was saved and why not."""
         stats = self.collector.stats.snapshot()
         with self._lock:
-            images_in = self._images_in
+            images_in, w = self._images_in, dict(self._worker_s)
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejections"].items())) or "none"
+        n = max(1, w["frames"])
         return (f"summary: {images_in} images received, {self._slot.dropped} dropped while busy (latest wins), "
-                f"{stats['offered']} offered to selection, {stats['saved']} saved; rejected: {rejected}")
+                f"{stats['offered']} offered to selection, {stats['saved']} saved; rejected: {rejected}; "
+                f"worker per frame: {1e3 * w['joint_wait'] / n:.1f} ms waiting for joint states, "
+                f"{1e3 * w['offer'] / n:.1f} ms judging and saving" +
+                "".join(f"; last {k}: {v}" for k, v in sorted(stats["last_detail_by_reason"].items())
+                        if k not in ("not_novel", "rate")))
 
     def _publish_diagnostics(self) -> None:
         self._diag_pub.publish(make_diagnostic_array(self.status(), self.get_clock().now().to_msg()))
@@ -287,11 +294,18 @@ class CollectorNode(Node):
                 self._paused_frames += 1
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        t0 = time.perf_counter()
         if cfg.joint_wait_s > 0:
             # Joint states lagging the image: wait (bounded) so the stamp is interpolated, not held.
             self.collector.wait_for_joints(stamp_ns, cfg.joint_wait_s)
+        t1 = time.perf_counter()
         decode = (lambda: compressed_image_msg_to_rgb(msg)) if cfg.compressed else (lambda: image_msg_to_rgb(msg))
         decision = self.collector.offer(decode, stamp_ns=stamp_ns, frame_id=msg.header.frame_id)
+        with self._lock:
+            w = self._worker_s
+            w["joint_wait"] += t1 - t0
+            w["offer"] += time.perf_counter() - t1
+            w["frames"] += 1
         log = self.get_logger()
         if decision.saved:
             s = decision.sample

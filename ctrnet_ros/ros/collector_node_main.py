@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     # Two threads: the input callback group keeps running while ~/pause, ~/resume or the diagnostics
     # timer run in the default group. Selection and PNG writing run on the node's own worker thread.
     return run_node(CollectorNode, argv=argv, setup_errors=(ParameterValidationError, NodeSetupError),
-                    logger_name="collector_node", num_threads=2)
+                    logger_name="collector_node", num_threads=1)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 __all__ = ["run_node", "EXIT_OK", "EXIT_SETUP_ERROR"]
@@ -32,7 +32,8 @@ def run_node(make_node: Callable[[], Node], *, argv: Sequence[str] | None = None
         setup_errors: exceptions of ``make_node`` that mean invalid parameters or set-up: logged as
             FATAL on the ``logger_name`` logger, exit status :data:`EXIT_SETUP_ERROR`.
         logger_name: the rclpy logger for those errors (the node's name).
-        num_threads: threads of the ``MultiThreadedExecutor`` that spins the node when ``run`` is None.
+        num_threads: threads of the ``MultiThreadedExecutor`` that spins the node when ``run`` is None
+            (1: a ``SingleThreadedExecutor``).
         run: what to do with the node instead of spinning it until shutdown; returns the exit status
             (None: :data:`EXIT_OK`).
     Returns:
@@ -49,7 +50,7 @@ def run_node(make_node: Callable[[], Node], *, argv: Sequence[str] | None = None
         if run is not None:
             status = run(node)
             return EXIT_OK if status is None else status
-        executor = MultiThreadedExecutor(num_threads=num_threads)
+        executor = MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
