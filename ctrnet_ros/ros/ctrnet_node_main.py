@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     # Two threads: the input callback group keeps running while a slow service (model reload,
     # ~/save) runs in the default group. Inference itself runs on the node's own worker thread.
     return run_node(CalibrationNode, argv=argv, setup_errors=(ParameterValidationError, NodeSetupError),
-                    logger_name="ctrnet_node", num_threads=2)
+                    logger_name="ctrnet_node", num_threads=1)
 
 
 if __name__ == "__main__":
