@@ -62,6 +62,8 @@ def main(argv=None) -> int:
                          "shipped models/panda_ctrnet.onnx and, if present, its INT8 variant)")
     ap.add_argument("--bag", default="build/demo/bag_static", help="30 Hz 640x480 sim bag (recorded if missing)")
     ap.add_argument("--frames", type=int, default=100, help="frames for the bare-inference timing")
+    ap.add_argument("--executor-threads", type=int, nargs="+", default=[1],
+                    help="node parameter executor_threads, each value benchmarked in turn (e.g. 1 2)")
     args = ap.parse_args(argv)
     os.chdir(ROOT)
     models = args.model or ["models/panda_ctrnet.onnx"] + [m for m in ["models/panda_ctrnet_int8.onnx"]
@@ -78,25 +80,27 @@ def main(argv=None) -> int:
     bag = ensure_sim_bag(args.bag, duration_s=10.0, seed=1, width=640, height=480, domain="train")
     rows = []
     for model in models:
-        status, row = bench_model(model, bag, args.frames)
-        if status:
-            return status
-        rows.append(row)
+        for threads in args.executor_threads:
+            status, row = bench_model(model, bag, args.frames, threads)
+            if status:
+                return status
+            rows.append(row)
     if len(rows) > 1:
-        print("\nSame run, model against model (first = 1.00):")
-        print("| model | frames processed | median latency | bare inference |")
-        print("|---|---:|---:|---:|")
+        print("\nSame run, against the first (= 1.00):")
+        print("| model | executor threads | frames processed | median latency | bare inference |")
+        print("|---|---:|---:|---:|---:|")
         base = rows[0]
         for r in rows:
-            print(f"| {r['model']} | {r['processed']:.0%} | {r['e2e'] / base['e2e']:.2f} | {r['bare'] / base['bare']:.2f} |")
+            print(f"| {r['model']} | {r['threads']} | {r['processed']:.0%} | {r['e2e'] / base['e2e']:.2f} | "
+                  f"{r['bare'] / base['bare']:.2f} |")
     return 0
 
 
-def bench_model(model: str, bag: Path, frames: int) -> tuple[int, dict]:
+def bench_model(model: str, bag: Path, frames: int, executor_threads: int = 1) -> tuple[int, dict]:
     """One model through the node on the bag; prints its table. Returns (exit status, summary row)."""
     from ctrnet_ros.ros.replay_session import NodeProcessError, ReplaySession
 
-    params = {"model": model, "static_when_converged": False}
+    params = {"model": model, "static_when_converged": False, "executor_threads": executor_threads}
     with ReplaySession(bag, params, log_path=ROOT / "build" / "bench" / "ctrnet_node.log") as session:
         try:
             session.wait_until_ready()
@@ -119,7 +123,8 @@ def bench_model(model: str, bag: Path, frames: int) -> tuple[int, dict]:
 
     e2e, inf = statistics.median(latency_ms) if latency_ms else float("nan"), statistics.median(bare)
     ratio = e2e / inf
-    print(f"\nctrnet_node on {bag} (640x480 at 30 Hz, {n_images} images, {os.cpu_count()} CPUs), model {model}")
+    print(f"\nctrnet_node on {bag} (640x480 at 30 Hz, {n_images} images, {os.cpu_count()} CPUs), model {model}, "
+          f"executor_threads {executor_threads}")
     print("| metric | value |")
     print("|---|---:|")
     print(f"| frames processed | {processed} / {n_images} ({processed / max(n_images, 1):.0%}) |")
@@ -137,7 +142,7 @@ def bench_model(model: str, bag: Path, frames: int) -> tuple[int, dict]:
     print(f"| player lag behind schedule, worst | {played.max_lag_s * 1e3:.0f} ms |")
     if not latency_ms:
         print(f"bench_node: no TF was published, so no latency: {kv.get('last error', '?')}")
-    return 0, {"model": model, "processed": processed / max(n_images, 1), "e2e": e2e, "bare": inf}
+    return 0, {"model": model, "threads": executor_threads, "processed": processed / max(n_images, 1), "e2e": e2e, "bare": inf}
 
 
 if __name__ == "__main__":

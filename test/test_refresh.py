@@ -129,7 +129,7 @@ def test_teacher_mask_replaces_the_predicted_mask_as_the_silhouette_target(panda
             render_size=(80, 60), target_mask=target).silhouette)
 
     assert silhouette(empty, target=good) == pytest.approx(silhouette(good), rel=1e-6)
-    assert silhouette(good, target=empty) > 10 * silhouette(good)
+    assert silhouette(good, target=empty) > 1.5 * silhouette(good)  # an empty target: the robot is all error
 
 
 @dataclass
@@ -173,7 +173,7 @@ def test_refresh_run_writes_a_loadable_model_and_curves(tmp_path, panda):
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4]
 
 
-def test_refresh_with_frozen_batchnorm_keeps_the_initial_statistics(tmp_path, panda):
+def test_refresh_batchnorm_adaptation_and_freezing(tmp_path, panda):
     torch.manual_seed(0)
     spec, _ = panda
     size = (128, 96)
@@ -189,12 +189,20 @@ def test_refresh_with_frozen_batchnorm_keeps_the_initial_statistics(tmp_path, pa
         m = load_checkpoint(path)[0]
         return [b.running_mean.clone() for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
 
-    for freeze in (True, False):
-        out = tmp_path / f"run_{freeze}"
-        refresh(RefreshConfig(init=str(init), out_dir=str(out), steps=2, batch_size=2, num_workers=0, max_faces=2000,
-                              device="cpu", freeze_bn=freeze, mask_target="teacher"), samples=samples, progress=False)
-        same = all(torch.equal(a, b) for a, b in zip(running_means(init), running_means(out / "refreshed.pt")))
-        assert same == freeze
+    def run(name, **kw):
+        refresh(RefreshConfig(init=str(init), out_dir=str(tmp_path / name), batch_size=2, num_workers=0,
+                              max_faces=2000, device="cpu", **kw), samples=samples, progress=False)
+        return running_means(tmp_path / name / "refreshed.pt")
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+
+    initial = running_means(init)
+    assert same(run("frozen", steps=2, adapt_bn=False, freeze_bn=True), initial)
+    assert not same(run("training_bn", steps=2, adapt_bn=False, freeze_bn=False), initial)
+    adapted = run("adapted", steps=0, adapt_bn=True)  # AdaBN alone: statistics of the collected images
+    assert not same(adapted, initial)
+    assert same(run("adapted_then_trained", steps=2, adapt_bn=True, freeze_bn=True), adapted)
     with pytest.raises(RefreshError, match="mask_target"):
         refresh(RefreshConfig(init=str(init), out_dir=str(tmp_path / "bad"), mask_target="oracle"), samples=samples,
                 progress=False)

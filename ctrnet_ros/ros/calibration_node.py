@@ -137,6 +137,7 @@ class CalibrationNode(Node):
                  **node_kwargs):
         super().__init__(node_name, **node_kwargs)
         self.config = cfg = declare_and_read(self, model_required=detector is None)
+        self.executor_threads = cfg.executor_threads  # read by the entry point (ros2 run / launch)
         log = self.get_logger()
         try:
             self.spec = load_keypoint_spec(cfg.robot)

@@ -33,7 +33,7 @@ def run_node(make_node: Callable[[], Node], *, argv: Sequence[str] | None = None
             FATAL on the ``logger_name`` logger, exit status :data:`EXIT_SETUP_ERROR`.
         logger_name: the rclpy logger for those errors (the node's name).
         num_threads: threads of the ``MultiThreadedExecutor`` that spins the node when ``run`` is None
-            (1: a ``SingleThreadedExecutor``).
+            (1: a ``SingleThreadedExecutor``), unless the node has an ``executor_threads`` attribute.
         run: what to do with the node instead of spinning it until shutdown; returns the exit status
             (None: :data:`EXIT_OK`).
     Returns:
@@ -50,7 +50,8 @@ def run_node(make_node: Callable[[], Node], *, argv: Sequence[str] | None = None
         if run is not None:
             status = run(node)
             return EXIT_OK if status is None else status
-        executor = MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
+        threads = int(getattr(node, "executor_threads", num_threads))  # a node may choose by parameter
+        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

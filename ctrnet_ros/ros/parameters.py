@@ -119,6 +119,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("pipelined", False, "Two worker threads: the network runs on the next frame while this frame's "
               "geometry (forward kinematics, PnP, fusion, publication) runs; more frames processed at the same "
               "latency. Implies overlap_inference. False: one worker does both, frame after frame."),
+    ParamSpec("executor_threads", 1, "Threads spinning the node's callbacks (1: rclpy's SingleThreadedExecutor, "
+              "the fastest on a small CPU; more: a MultiThreadedExecutor, so a slow ~/save or ~/reload never delays "
+              "incoming joint states). Per-frame work always runs on the node's own worker thread.", range=(1, 8)),
     ParamSpec("max_joint_gap_s", _J.max_gap_s, "Never interpolate joint positions across a gap between samples "
               "longer than this (seconds).", range=(0.001, 10.0)),
     ParamSpec("joint_history_s", _J.history_s, "Joint-state history kept (seconds): how late an image may arrive.",
@@ -218,6 +221,7 @@ class NodeConfig:
     joint_wait_s: float
     overlap_inference: bool
     pipelined: bool
+    executor_threads: int
     min_confidence: float
     max_rmse_px: float
     calibration_file: str
@@ -326,7 +330,7 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
         tf_static_update_deg=v["tf_static_update_deg"], joint_history=joint_history_config(v),
         joint_wait_s=v["joint_wait_s"],
         overlap_inference=v["overlap_inference"],
-        pipelined=v["pipelined"],
+        pipelined=v["pipelined"], executor_threads=v["executor_threads"],
         min_confidence=v["min_confidence"],
         max_rmse_px=v["max_rmse_px"], calibration_file=v["calibration_file"], save_directory=v["save_directory"],
         diagnostics_period_s=v["diagnostics_period_s"], fusion=fusion, moving=moving)

@@ -20,7 +20,15 @@ with the joint positions at its stamp:
    solve (a sample whose keypoints do not fit the robot's geometry teaches little), and zero when
    PnP failed or the RMSE exceeds ``max_rmse_px``.
 
-BatchNorm runs in training mode, so its statistics also move to the new camera's images.
+Two guards keep the loop from chasing itself (measured on a shifted-preset cell, see
+``docs/results/refresh_experiment.md``):
+
+* ``adapt_bn`` (default): before any gradient step, every BatchNorm layer's statistics are
+  re-estimated on the collected images (AdaBN, Li et al. 2016). Alone this is the larger part of the
+  gain; the gradient steps then run with BatchNorm frozen (``freeze_bn``).
+* ``mask_target="teacher"`` (default): the silhouette must match the mask of the frozen initial model
+  (BatchNorm adapted), not the mask of the network being trained. With the student's own mask as the
+  target, keypoints and mask drifted together until the mask was empty (render/mask IoU 0.5 -> 0.0).
 
 Outputs in ``out_dir``: ``config.json``, ``last.pt`` (resumable), ``refreshed.pt`` (the result,
 loadable by :func:`~ctrnet_ros.inference.load_detector` and ``ctrnet-export``), ``log.csv`` and
@@ -91,7 +99,8 @@ class RefreshConfig:
     min_agreement_iou: float = 0.5  # mask refinement only from samples whose render and predicted mask agree this well
     agreement_weighting: bool = False  # also weight the silhouette loss by render/mask agreement (ramp 0.3 -> 0.7 IoU)
     mask_target: str = "teacher"  # silhouette target: "teacher" (the initial model's mask, frozen) or "student"
-    freeze_bn: bool = False  # keep BatchNorm statistics (and eval-mode normalisation) of the initial model
+    adapt_bn: bool = True  # first re-estimate BatchNorm statistics on the collection (AdaBN), no labels needed
+    freeze_bn: bool = True  # BatchNorm in eval mode during the gradient steps (statistics stay as adapted)
     render_scale: float = 0.5  # silhouette rendered at this fraction of the network input size
     render_sigma_px: float = 0.4  # softness of the silhouette edge, render pixels (larger grows the outline)
     max_faces: int = 5000  # mesh decimation budget for the whole robot
@@ -336,6 +345,34 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
                                pnp=res, silhouettes=sil, ious=ious)
 
 
+def adapt_batchnorm(model: torch.nn.Module, images: torch.utils.data.Dataset, *, batch_size: int,
+                    device: torch.device, num_workers: int = 0) -> int:
+    """Re-estimate every BatchNorm layer's statistics on ``images`` (AdaBN: Li et al., 2016).
+
+    The running mean and variance become the plain average over all the images (un-augmented), as
+    the new camera shows them; no weight changes. Returns the number of images used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts the same
+    model.train()
+    n = 0
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    with torch.no_grad():
+        for batch in loader:
+            model(batch["image"].to(device))
+            n += int(batch["image"].shape[0])
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
+    return n
+
+
 def _freeze_batchnorm(model: torch.nn.Module) -> None:
     """BatchNorm layers back in eval mode: the initial model's statistics, no batch statistics."""
     for m in model.modules():
@@ -411,14 +448,25 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
                           augment=config.augment, seed=config.seed)
     start_step = int(extra.get("refresh_step", 0)) if start_from == last_path else 0
     train_seconds = float(extra.get("refresh_seconds", 0.0)) if start_from == last_path else 0.0
+    model.to(device)
+    if config.adapt_bn:
+        plain = CollectionImages(samples, robot=robot, spec=spec, links=meshes.links, input_size=input_size,
+                                 augment=False, seed=config.seed)
+        if start_step == 0:
+            n = adapt_batchnorm(model, plain, batch_size=config.batch_size, device=device)
+            logger.info("BatchNorm statistics re-estimated on %d collected images", n)
     teacher = None
-    if config.mask_target == "teacher":  # the initial model, frozen (also after a resume)
-        try:
-            teacher = load_checkpoint(Path(config.init), map_location="cpu")[0] if start_from == last_path else \
-                copy.deepcopy(model)
-        except ModelFileError as exc:
-            raise RefreshError(f"cannot load the initial model {config.init} as the mask teacher: {exc}") from exc
-        teacher.to(device).eval().requires_grad_(False)
+    if config.mask_target == "teacher":  # the initial model (BatchNorm adapted), frozen, also after a resume
+        if start_from == last_path:
+            try:
+                teacher = load_checkpoint(Path(config.init), map_location="cpu")[0].to(device)
+            except ModelFileError as exc:
+                raise RefreshError(f"cannot load the initial model {config.init} as the mask teacher: {exc}") from exc
+            if config.adapt_bn:
+                adapt_batchnorm(teacher, plain, batch_size=config.batch_size, device=device)
+        else:
+            teacher = copy.deepcopy(model)
+        teacher.eval().requires_grad_(False)
     model.to(device).train()
     if config.freeze_bn:
         _freeze_batchnorm(model)
