@@ -396,6 +396,7 @@ def test_moving_mode_and_inverse(make_rig, pipelined):
     assert err < 0.03  # a single smoothed frame with 1 px noise; accuracy is the static test's business
     assert rig.poses[-1].header.frame_id == "panda_link0"  # ~/pose stays the camera pose in the base frame
     assert rig.oracle.calls == 6, "the network runs once per frame, in either worker layout"
+    assert rig.node.executor_threads == 1  # the default: a SingleThreadedExecutor spins the node
     assert [t.name for t in rig.node._workers] == (["ctrnet_detect", "ctrnet_geometry"] if pipelined
                                                     else ["ctrnet_worker"])
 

@@ -176,3 +176,41 @@ def test_static_broadcaster_resends_every_child_frame():
     assert got, "no latched /tf_static message"
     assert sorted(t.child_frame_id for t in got[-1].transforms) == ["cam_a", "cam_b"]
     assert USING_TF2_ROS or type(static).__name__ == "_FallbackStaticTransformBroadcaster"
+
+
+@pytest.mark.parametrize("threads, expected", [(None, "SingleThreadedExecutor"), (1, "SingleThreadedExecutor"),
+                                               (2, "MultiThreadedExecutor")])
+def test_run_node_spins_the_executor_the_node_asks_for(monkeypatch, threads, expected):
+    from ctrnet_ros.ros import entry_point
+
+    used = []
+
+    def fake(name):
+        class Executor:
+            def __init__(self, num_threads=None):
+                used.append((name, num_threads))
+
+            def add_node(self, node):
+                pass
+
+            def spin(self):
+                raise KeyboardInterrupt  # as Ctrl-C would
+
+        return Executor
+
+    monkeypatch.setattr(entry_point, "SingleThreadedExecutor", fake("SingleThreadedExecutor"))
+    monkeypatch.setattr(entry_point, "MultiThreadedExecutor", fake("MultiThreadedExecutor"))
+
+    class Node:
+        destroyed = False
+
+        def destroy_node(self):
+            Node.destroyed = True
+
+    node = Node()
+    if threads is not None:
+        node.executor_threads = threads
+    assert entry_point.run_node(lambda: node, argv=["x"], num_threads=1) == entry_point.EXIT_OK
+    assert used[0][0] == expected and Node.destroyed
+    if expected == "MultiThreadedExecutor":
+        assert used[0][1] == threads
