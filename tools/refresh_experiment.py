@@ -6,6 +6,15 @@
 3. ``ctrnet-train refresh`` on that collection from the pretrained checkpoint, exported to ONNX.
 4. ``ctrnet-eval`` of the refreshed model on the same test bag: ADD AUC = B.
 
+Protocol (``--collect-scene``). By default both bags are recorded in one *cell*: one draw of the
+shifted preset's camera pose, intrinsics, room, lights and distractors, and one robot trajectory
+that the camera frames whole (``--cell-span`` s). The test bag is its first 10 s, the collection bag
+the next ``--collect-duration`` s (with its own image noise), so the two share the fixed camera and
+never an image: the refresh's use case, a model adapted to the camera it works with. What is left
+after them is a spare window for tuning (never tune on the test window). ``--collect-scene own``
+instead records the collection bag in a different cell drawn from ``--collect-seed``: a test of
+cross-scene generalisation, which the refresh is not designed for.
+
 Writes ``<out>/summary.json`` and ``<out>/summary.md`` (A, B, B - A, wall-clock times, loss curves).
 Starts ROS: run it inside a private network namespace, e.g. ``make refresh-experiment``, or
 ``unshare -n bash -c 'ip link set lo up && .venv/bin/python tools/refresh_experiment.py ...'``.

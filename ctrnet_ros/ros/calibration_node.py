@@ -200,10 +200,10 @@ class CalibrationNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         # -- subscriptions and services -------------------------------------------------------------
-        # Two mutually exclusive groups on a MultiThreadedExecutor: the cheap input callbacks (image,
-        # camera_info, joint_states) must keep flowing while a slow default-group callback runs (a model
-        # reload on ~/reload or a parameter change, URDF parsing, ~/save file I/O); a dropped joint-state
-        # burst would otherwise reject the frames around it as gapped.
+        # Two mutually exclusive groups. With executor_threads >= 2 (a MultiThreadedExecutor) the cheap
+        # input callbacks (image, camera_info, joint_states) keep flowing while a slow default-group
+        # callback runs (a model reload on ~/reload or a parameter change, ~/save file I/O). With the
+        # default single thread they wait for it; the joint history (joint_history_s) holds them.
         self._input_group = MutuallyExclusiveCallbackGroup()
         subscribe_camera_and_joints(
             self, image_topic=cfg.subscribed_image_topic, compressed=cfg.compressed,

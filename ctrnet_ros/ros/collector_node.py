@@ -166,8 +166,8 @@ class CollectorNode(Node):
 
         # -- publishers, subscriptions, services ----------------------------------------------------
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        # The input callbacks get their own group on a MultiThreadedExecutor, so that joint states keep
-        # flowing while a service or the diagnostics timer runs.
+        # The input callbacks get their own group (they would keep flowing beside a service under a
+        # MultiThreadedExecutor; collector_node spins a single-threaded one, as all its callbacks are short).
         self._input_group = MutuallyExclusiveCallbackGroup()
         subscribe_camera_and_joints(
             self, image_topic=cfg.subscribed_image_topic, compressed=cfg.compressed,

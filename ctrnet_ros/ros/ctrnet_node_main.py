@@ -21,8 +21,9 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Two threads: the input callback group keeps running while a slow service (model reload,
-    # ~/save) runs in the default group. Inference itself runs on the node's own worker thread.
+    # Executor threads: the node's executor_threads parameter (default 1, a SingleThreadedExecutor: the
+    # fastest on a small CPU). With 2+, the input callback group keeps running while a slow service
+    # (model reload, ~/save) runs in the default group. Inference runs on the node's own worker thread.
     return run_node(CalibrationNode, argv=argv, setup_errors=(ParameterValidationError, NodeSetupError),
                     logger_name="ctrnet_node", num_threads=1)
 
