@@ -142,7 +142,8 @@ def bench_model(model: str, bag: Path, frames: int, executor_threads: int = 1) -
     print(f"| player lag behind schedule, worst | {played.max_lag_s * 1e3:.0f} ms |")
     if not latency_ms:
         print(f"bench_node: no TF was published, so no latency: {kv.get('last error', '?')}")
-    return 0, {"model": model, "threads": executor_threads, "processed": processed / max(n_images, 1), "e2e": e2e, "bare": inf}
+    return 0, {"model": model, "threads": executor_threads, "processed": processed / max(n_images, 1), "e2e": e2e,
+               "bare": inf}
 
 
 if __name__ == "__main__":

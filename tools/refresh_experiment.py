@@ -181,7 +181,8 @@ def main(argv=None) -> int:
                "wall_clock_s": {"collect": t_collect, "refresh": t_refresh, "eval_before": t_eval_a,
                                 "eval_after": t_eval_b},
                "loss_curves": str(out / "refresh" / "curves.png"), "test_bag": str(test_bag),
-               "collect_bag": str(collect_bag), "collect_scene": args.collect_scene, "init": args.init, "steps": args.steps,
+               "collect_bag": str(collect_bag), "collect_scene": args.collect_scene, "init": args.init,
+               "steps": args.steps,
                "refresh_args": args.refresh_args}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = [f"# Self-supervised refresh experiment ({out.name})", "",
