@@ -54,6 +54,16 @@ def _geometry(panda, renderer):
     return X, links, uv
 
 
+def _exact_heatmaps(panda, renderer):
+    """Keypoints base frame, link poses, heatmap logits peaked at the true projections, heatmap size."""
+    X, links, uv = _geometry(panda, renderer)
+    B, K = uv.shape[:2]
+    hm_size = (SIZE[0] // STRIDE, SIZE[1] // STRIDE)
+    probs = render_gaussian_heatmaps(torch.from_numpy(uv), torch.ones(B, K, dtype=torch.bool), hm_size, STRIDE,
+                                     1.5).clamp(1e-4, 1 - 1e-4)
+    return X, links, torch.logit(probs).float(), hm_size
+
+
 def test_one_refresh_step_lowers_the_silhouette_loss(panda, renderer):
     """Keypoints a few pixels off give a pose whose render disagrees with the (correct) mask; one
     optimiser step on the heatmaps, through local soft-argmax, BPnP and the soft render, lowers it."""
@@ -111,12 +121,8 @@ def test_no_usable_pose_gives_a_zero_loss_that_still_reaches_every_output(panda,
 def test_teacher_mask_replaces_the_predicted_mask_as_the_silhouette_target(panda, renderer):
     """``target_mask`` (the frozen initial model's mask) is what the render must match; the mask being
     trained then has no say in the silhouette loss, so it cannot drift with the keypoints."""
-    X, links, uv = _geometry(panda, renderer)
-    B, K = uv.shape[:2]
-    hm_size = (SIZE[0] // STRIDE, SIZE[1] // STRIDE)
-    probs = render_gaussian_heatmaps(torch.from_numpy(uv), torch.ones(B, K, dtype=torch.bool), hm_size, STRIDE,
-                                     1.5).clamp(1e-4, 1 - 1e-4)
-    heat = torch.logit(probs).float()
+    X, links, heat, hm_size = _exact_heatmaps(panda, renderer)
+    B = X.shape[0]
     K_mask = torch.from_numpy(np.stack([CAMERA.transformed(CAMERA.resize_transform(*hm_size)).K] * B)).float()
     T_true = torch.from_numpy(np.stack([T_CAMERA_BASE] * B)).float()
     good = torch.logit(renderer(T_true, links.float(), K_mask, image_size=hm_size).clamp(1e-4, 1 - 1e-4))[:, None]
@@ -144,15 +150,19 @@ class _Sample:
         return self.rgb
 
 
-def test_refresh_run_writes_a_loadable_model_and_curves(tmp_path, panda):
+def _tiny_init_checkpoint(path, spec, size=(128, 96)):
+    """A small untrained ctrnet_slim checkpoint, as ctrnet-train writes one."""
     torch.manual_seed(0)
-    spec, _ = panda
-    size = (128, 96)
     model, cfg = build_model("ctrnet_slim", num_keypoints=len(spec.names), input_size=size, trunk_width=8,
                              head_channels=16, mask_channels=8)
-    init = tmp_path / "init.pt"
-    save_checkpoint(init, model, cfg, {"keypoint_names": spec.names, "input_size": list(size), "robot": "panda",
+    save_checkpoint(path, model, cfg, {"keypoint_names": spec.names, "input_size": list(size), "robot": "panda",
                                        "decode_method": "quadratic"})
+    return path
+
+
+def test_refresh_run_writes_a_loadable_model_and_curves(tmp_path, panda):
+    spec, _ = panda
+    init = _tiny_init_checkpoint(tmp_path / "init.pt", spec)
     cam = PinholeCamera.from_fov(width=256, height=192, fovy_deg=50.0)  # collected at 2x the input size
     rng = np.random.default_rng(1)
     samples = [_Sample(rng.integers(0, 255, (192, 256, 3), dtype=np.uint8), cam, q) for q in CONFIGS * 2]
@@ -174,13 +184,8 @@ def test_refresh_run_writes_a_loadable_model_and_curves(tmp_path, panda):
 
 
 def test_refresh_batchnorm_adaptation_and_freezing(tmp_path, panda):
-    torch.manual_seed(0)
     spec, _ = panda
-    size = (128, 96)
-    model, cfg = build_model("ctrnet_slim", num_keypoints=len(spec.names), input_size=size, trunk_width=8,
-                             head_channels=16, mask_channels=8)
-    init = tmp_path / "init.pt"
-    save_checkpoint(init, model, cfg, {"keypoint_names": spec.names, "input_size": list(size), "robot": "panda"})
+    init = _tiny_init_checkpoint(tmp_path / "init.pt", spec)
     cam = PinholeCamera.from_fov(width=128, height=96, fovy_deg=50.0)
     rng = np.random.default_rng(2)
     samples = [_Sample(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), cam, q) for q in CONFIGS]
@@ -218,12 +223,8 @@ def test_refresh_refuses_bad_inputs_clearly(tmp_path, panda):
 
 
 def test_agreement_weighting_ignores_renders_that_do_not_resemble_the_mask(panda, renderer):
-    X, links, uv_true = _geometry(panda, renderer)
-    B, K = uv_true.shape[:2]
-    hm_size = (SIZE[0] // STRIDE, SIZE[1] // STRIDE)
-    probs = render_gaussian_heatmaps(torch.from_numpy(uv_true), torch.ones(B, K, dtype=torch.bool), hm_size, STRIDE,
-                                     1.5).clamp(1e-4, 1 - 1e-4)
-    heat = torch.logit(probs).float()
+    X, links, heat, hm_size = _exact_heatmaps(panda, renderer)
+    B = X.shape[0]
     empty_mask = torch.full((B, 1, hm_size[1], hm_size[0]), -9.0)  # the "predicted" mask sees no robot at all
 
     def silhouette(agreement: bool) -> float:
