@@ -62,7 +62,7 @@ bench: setup
 _bench_inner:
 	@for b in bench/bench_*.py; do echo "== $$b"; $(ROS_ENV) $(PY) $$b || exit 1; done
 
-# issue 7's experiment: pretrained vs self-supervised-refreshed model on shifted-preset bags (CPU: ~30-60 min)
+# issue 7's experiment: pretrained vs self-supervised-refreshed model on shifted-preset bags (CPU: ~7 min once the bags exist)
 refresh-experiment: setup
 	@mkdir -p $(BUILD)/ros_log
 	@$(call netns,make --no-print-directory _refresh_experiment_inner)
