@@ -128,14 +128,19 @@ def test_teacher_mask_replaces_the_predicted_mask_as_the_silhouette_target(panda
     good = torch.logit(renderer(T_true, links.float(), K_mask, image_size=hm_size).clamp(1e-4, 1 - 1e-4))[:, None]
     empty = torch.full_like(good, -9.0)
 
-    def silhouette(mask_logits, target=None):
+    def silhouette(mask_logits, target=None, confidence=0.0):
         return float(self_supervised_losses(
             heat, mask_logits, keypoints_base=X, T_base_link=links, cameras=[CAMERA] * B, renderer=renderer,
-            config=RefreshConfig(max_rmse_px=50.0), heatmap_stride=STRIDE, heatmaps_are_logits=True,
-            render_size=(80, 60), target_mask=target).silhouette)
+            config=RefreshConfig(max_rmse_px=50.0, target_confidence=confidence), heatmap_stride=STRIDE,
+            heatmaps_are_logits=True, render_size=(80, 60), target_mask=target).silhouette)
 
     assert silhouette(empty, target=good) == pytest.approx(silhouette(good), rel=1e-6)
     assert silhouette(good, target=empty) > 1.5 * silhouette(good)  # an empty target: the robot is all error
+
+    # target_confidence: pixels the target is unsure about do not count
+    unsure = torch.zeros_like(good)  # p = 0.5 everywhere
+    assert silhouette(good, unsure, confidence=0.5) == 0.0 and silhouette(good, unsure) > 0.0
+    assert silhouette(good, empty, confidence=0.5) > 0.0
 
 
 @dataclass

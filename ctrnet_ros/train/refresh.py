@@ -99,6 +99,7 @@ class RefreshConfig:
     min_agreement_iou: float = 0.5  # mask refinement only from samples whose render and predicted mask agree this well
     agreement_weighting: bool = False  # also weight the silhouette loss by render/mask agreement (ramp 0.3 -> 0.7 IoU)
     mask_target: str = "teacher"  # silhouette target: "teacher" (the initial model's mask, frozen) or "student"
+    target_confidence: float = 0.0  # silhouette loss only where the target is this sure, |2p - 1| (0: everywhere)
     adapt_bn: bool = True  # first re-estimate BatchNorm statistics on the collection (AdaBN), no labels needed
     freeze_bn: bool = True  # BatchNorm in eval mode during the gradient steps (statistics stay as adapted)
     render_scale: float = 0.5  # silhouette rendered at this fraction of the network input size
@@ -322,7 +323,11 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
     if bool(ok.any()):
         K_r = torch.from_numpy(np.stack([c.transformed(c.resize_transform(rw, rh)).K for c in cameras])).to(device)
         sil = renderer(T.float(), T_base_link.float(), K_r.float(), image_size=(rw, rh))  # (B, rh, rw)
-        per_sil = ((sil - target) ** 2).mean(dim=(1, 2))
+        if config.target_confidence > 0:  # ignore pixels the target mask is unsure about (thin, shiny parts)
+            sure = ((2.0 * target - 1.0).abs() >= config.target_confidence).float()
+            per_sil = (sure * (sil - target) ** 2).sum(dim=(1, 2)) / sure.sum(dim=(1, 2)).clamp_min(1.0)
+        else:
+            per_sil = ((sil - target) ** 2).mean(dim=(1, 2))
         per_ref = F.binary_cross_entropy_with_logits(m_logits, sil.detach(), reduction="none").mean(dim=(1, 2))
         sil_np, mask_np = sil.detach().cpu().numpy(), target.cpu().numpy()
         iou_all = [(mask_iou(mask_np[b], sil_np[b]) if bool(ok[b]) else float("nan")) for b in range(B)]
