@@ -22,7 +22,7 @@ Starts ROS: run it inside a private network namespace, e.g. ``make refresh-exper
 Usage::
 
     python tools/refresh_experiment.py [--init models/panda_ctrnet.pt --model models/panda_ctrnet.onnx] \\
-        [--test-bag build/exp/test_shifted] [--collect-bag build/exp/collect_shifted] [--steps 300]
+        [--collect-scene test|own] [--steps 300] [--collect-only]
 """
 
 from __future__ import annotations
@@ -66,11 +66,13 @@ def evaluate(bag: Path, model: Path, out: Path, log: Path) -> tuple[dict, float]
 
 
 def collect_live(bag: Path, out_dir: Path, work: Path, args) -> tuple[int, float]:
-    """Replay ``bag`` into a collector_node subprocess; returns (samples saved, seconds)."""
+    """Replay ``bag`` into a new collection ``out_dir`` (emptied first) through a collector_node subprocess;
+    returns (samples saved, seconds)."""
     from ctrnet_ros.ros.replay_session import network_is_private, node_command, use_large_shm_profile
 
     if not network_is_private():
         sys.exit("this step starts ROS: run inside a private network namespace (make refresh-experiment)")
+    shutil.rmtree(out_dir, ignore_errors=True)  # a collection continues where it is: start from none
     use_large_shm_profile(work)  # sets FASTDDS_DEFAULT_PROFILES_FILE (unless the user set one)
     env = dict(os.environ)
     params = {"output_directory": str(out_dir), "max_rate_hz": args.max_rate_hz,
@@ -154,7 +156,6 @@ def main(argv=None) -> int:
         ensure_bag(collect_bag, args.collect_seed, args.collect_duration, args.collect_hz)
 
     if args.collect_only:
-        shutil.rmtree(out / "collection_only", ignore_errors=True)
         n_samples, t_collect = collect_live(collect_bag, out / "collection_only", out, args)
         print(f"collected {n_samples} samples in {t_collect:.0f} s")
         return 0
@@ -162,8 +163,6 @@ def main(argv=None) -> int:
     print(f"A: ADD AUC {before['add_auc']:.2f} ({before['frames_with_estimate']}/{before['frames']} frames)")
 
     coll_dir = out / "collection"
-    if coll_dir.exists():
-        shutil.rmtree(coll_dir)
     n_samples, t_collect = collect_live(collect_bag, coll_dir, out, args)
     print(f"collected {n_samples} samples in {t_collect:.0f} s")
 

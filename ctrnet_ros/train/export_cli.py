@@ -241,10 +241,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
         card["refresh"] = extra["refresh"]
     if torch_checkpoint:
         from ..net.registry import save_checkpoint
+        from .pretrain import without_resume_state
 
         pt = out.with_suffix(".pt")
-        weights_only = {k: v for k, v in extra.items() if k not in ("optimizer", "grad_scaler", "rng")}
-        save_checkpoint(pt, model, config, weights_only, arch=card["architecture"]["arch"] or None)
+        save_checkpoint(pt, model, config, without_resume_state(extra), arch=card["architecture"]["arch"] or None)
         card["model"]["torch_checkpoint"] = {"file": pt.name, "file_bytes": pt.stat().st_size, "sha256": _sha256(pt),
                                              "use": "ctrnet-train refresh --init, or the node with backend torch"}
     card = _plain(card)

@@ -51,7 +51,7 @@ from .metrics import METRIC_NAMES, KeypointMetrics, pose_from_keypoints
 from .runlog import append_log, log_series, read_log, write_log
 
 __all__ = ["pretrain", "evaluate", "lr_at", "resolve_device", "cpu_has_bf16", "hardware_description",
-           "RESUMABLE_OVERRIDES", "TrainingError"]
+           "RESUMABLE_OVERRIDES", "RESUME_STATE_KEYS", "without_resume_state", "TrainingError"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,15 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+#: checkpoint entries that only resume a run (optimizer, AMP scaler, RNG states), not part of the model
+RESUME_STATE_KEYS = ("optimizer", "grad_scaler", "rng")
+
+
+def without_resume_state(extra: dict) -> dict:
+    """A checkpoint's extra data without :data:`RESUME_STATE_KEYS` (for a weights-only copy)."""
+    return {k: v for k, v in extra.items() if k not in RESUME_STATE_KEYS}
 
 
 def hardware_description(device: torch.device) -> str:

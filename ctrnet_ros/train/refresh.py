@@ -64,7 +64,7 @@ from .bpnp import differentiable_pnp
 from .config import AugmentConfig
 from .data import photometric_augment
 from .metrics import mask_iou
-from .pretrain import hardware_description, resolve_device
+from .pretrain import hardware_description, resolve_device, without_resume_state
 from .runlog import append_log, log_series, read_log, write_log
 
 __all__ = ["RefreshConfig", "RefreshError", "refresh", "CollectionImages", "plot_refresh_curves",
@@ -323,11 +323,9 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
     if bool(ok.any()):
         K_r = torch.from_numpy(np.stack([c.transformed(c.resize_transform(rw, rh)).K for c in cameras])).to(device)
         sil = renderer(T.float(), T_base_link.float(), K_r.float(), image_size=(rw, rh))  # (B, rh, rw)
-        if config.target_confidence > 0:  # ignore pixels the target mask is unsure about (thin, shiny parts)
-            sure = ((2.0 * target - 1.0).abs() >= config.target_confidence).float()
-            per_sil = (sure * (sil - target) ** 2).sum(dim=(1, 2)) / sure.sum(dim=(1, 2)).clamp_min(1.0)
-        else:
-            per_sil = ((sil - target) ** 2).mean(dim=(1, 2))
+        # pixels the target is unsure about do not count (target_confidence 0: every pixel does)
+        sure = ((2.0 * target - 1.0).abs() >= config.target_confidence).float()
+        per_sil = (sure * (sil - target) ** 2).sum(dim=(1, 2)) / sure.sum(dim=(1, 2)).clamp_min(1.0)
         per_ref = F.binary_cross_entropy_with_logits(m_logits, sil.detach(), reduction="none").mean(dim=(1, 2))
         sil_np, mask_np = sil.detach().cpu().numpy(), target.cpu().numpy()
         iou_all = [(mask_iou(mask_np[b], sil_np[b]) if bool(ok[b]) else float("nan")) for b in range(B)]
@@ -357,7 +355,7 @@ def adapt_batchnorm(model: torch.nn.Module, images: torch.utils.data.Dataset, *,
     The running mean and variance become the plain average over all the images (un-augmented), as
     the new camera shows them; no weight changes. Returns the number of images used.
     """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bns = _batchnorms(model)
     if not bns:
         return 0
     momenta = [m.momentum for m in bns]
@@ -378,10 +376,15 @@ def adapt_batchnorm(model: torch.nn.Module, images: torch.utils.data.Dataset, *,
     return n
 
 
-def _freeze_batchnorm(model: torch.nn.Module) -> None:
-    """BatchNorm layers back in eval mode: the initial model's statistics, no batch statistics."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+def _batchnorms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def _train_mode(model: torch.nn.Module, *, freeze_bn: bool) -> None:
+    """Training mode; with ``freeze_bn`` the BatchNorm layers stay in eval mode (stored statistics)."""
+    model.train()
+    if freeze_bn:
+        for m in _batchnorms(model):
             m.eval()
 
 
@@ -472,9 +475,7 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
         else:
             teacher = copy.deepcopy(model)
         teacher.eval().requires_grad_(False)
-    model.to(device).train()
-    if config.freeze_bn:
-        _freeze_batchnorm(model)
+    _train_mode(model, freeze_bn=config.freeze_bn)
     net = model
     if world > 1:
         # every process sees batch_size images per step; gradients are averaged across processes
@@ -490,8 +491,7 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
         log_path.unlink(missing_ok=True)
     if is_main:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n", encoding="utf-8")
-    pretrain_extra = {k: v for k, v in extra.items() if not k.startswith("refresh") and k not in ("optimizer",
-                                                                                                  "grad_scaler", "rng")}
+    pretrain_extra = {k: v for k, v in without_resume_state(extra).items() if not k.startswith("refresh")}
     hardware = hardware_description(device)
 
     val_ds = None
@@ -508,9 +508,7 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
         if val_ds is None or not is_main:
             return
         val_metrics = evaluate(model, val_ds, device=device, batch_size=16, decode_method=decode_method)
-        model.train()
-        if config.freeze_bn:
-            _freeze_batchnorm(model)
+        _train_mode(model, freeze_bn=config.freeze_bn)
         append_log(log_path, {"step": step, **{f"val_{k}": val_metrics[k]
                                                for k in ("pck5", "median_px", "mask_iou", "add_auc")}}, LOG_COLUMNS)
         logger.info("step %d: validation PCK@5 %.1f %%, median %.2f px, mask IoU %.3f, ADD AUC %.1f", step,
