@@ -131,6 +131,48 @@ def test_ctrnet_variants_and_mask_switch():
     assert torch.all(net(torch.rand(1, 3, H, W))["mask"] == 0)
 
 
+def test_skip_connections_start_as_the_model_without_them_and_then_learn():
+    torch.manual_seed(0)
+    plain, config = build_model("ctrnet_resnet18", **TINY_CTRNET)
+    for p in plain.parameters():  # a "trained" model: no zero BatchNorm gains, so every path carries signal
+        p.data.add_(0.1 * torch.randn_like(p))
+    skip, skip_config = build_model("ctrnet_resnet18", **TINY_CTRNET, skip_connections=True)
+    assert dataclasses.replace(config, skip_connections=True) == skip_config
+    fresh = skip.load_warm_start(plain.state_dict())
+    assert fresh == sorted(n for n, _ in skip.named_parameters() if n.startswith(("skip_laterals", "mask_refine")))
+    x = torch.rand(2, 3, H, W)
+    plain.eval(), skip.eval()
+    with torch.no_grad():
+        a, b = plain(x), skip(x)
+    for key in ("heatmaps", "mask_logits"):
+        assert torch.equal(a[key], b[key]), key
+    # the zero-initialised layers receive gradients, and once they move the output depends on them
+    skip.train()
+    out = skip(x)
+    (out["heatmaps"].square().mean() + out["mask_logits"].square().mean()).backward()
+    for layer in skip.added_by_skip_connections():
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+        layer.weight.data.normal_(std=0.1)
+    skip.eval()
+    with torch.no_grad():
+        c = skip(x)
+    assert not torch.allclose(c["heatmaps"], a["heatmaps"]) and not torch.allclose(c["mask_logits"], a["mask_logits"])
+    # anything other than the skip layers missing is refused
+    state = dict(plain.state_dict())
+    state.pop("heatmap_out.bias")
+    with pytest.raises(RuntimeError, match="heatmap_out.bias"):
+        skip.load_warm_start(state)
+
+
+def test_skip_connections_need_trunk_stages_at_the_head_strides():
+    # a truncated stride-8 trunk still has layer1 at stride 4; every valid layout has a stage per stride
+    for overrides in (dict(trunk_stride=8, trunk_dilate=False), dict(trunk_stride=32, upsample_mode="bilinear")):
+        model, config = build_model("ctrnet_slim", **{**TINY_CTRNET, **overrides}, skip_connections=True)
+        out = model.eval()(torch.rand(1, 3, H, W))
+        assert out["heatmaps"].shape[-2:] == (H // 4, W // 4)
+        assert len(model.skip_laterals) == config.num_upsample_layers
+
+
 def test_configs_validate_and_round_trip_through_plain_dicts():
     with pytest.raises(ValueError, match="multiples"):
         CtRNetConfig(input_size=(100, 96))

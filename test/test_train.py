@@ -256,6 +256,23 @@ def test_warm_start_refuses_another_model_config(tiny_data, tmp_path):
         pretrain(_config(tiny_data, tmp_path / "b", init=first["last"], model=other), progress=False)
 
 
+def test_warm_start_may_add_skip_connections(tiny_data, tmp_path):
+    first = pretrain(_config(tiny_data, tmp_path / "a", steps=2), progress=False)
+    skip_model = {**TINY_MODEL, "skip_connections": True}
+    second = pretrain(_config(tiny_data, tmp_path / "b", init=first["last"], model=skip_model, steps=2),
+                      stop_after=0, progress=False)
+    m_a, _, _ = load_checkpoint(first["last"])
+    m_b, config_b, _ = load_checkpoint(second["last"])
+    assert config_b.skip_connections
+    x = torch.rand(2, 3, SIZE[1], SIZE[0])
+    with torch.no_grad():
+        out_a, out_b = m_a(x), m_b(x)
+    assert torch.equal(out_a["heatmaps"], out_b["heatmaps"]) and torch.equal(out_a["mask_logits"], out_b["mask_logits"])
+    # the other direction (dropping layers) is refused
+    with pytest.raises(TrainingError, match="model config"):
+        pretrain(_config(tiny_data, tmp_path / "c", init=second["last"]), progress=False)
+
+
 def test_validation_writes_metrics_curves_and_best(tiny_data, tmp_path):
     cfg = _config(tiny_data, tmp_path, steps=4, val=str(tiny_data), val_every=2, val_max_frames=8)
     summary = pretrain(cfg, progress=False)

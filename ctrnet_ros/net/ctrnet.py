@@ -14,6 +14,13 @@ configurable, so that a slim variant trains on CPU:
       -> mask head:     3x3, BN, ReLU, 1x1, bilinear upsample
                                            (B, 1, H/4, W/4)      robot mask logits
 
+With ``skip_connections`` (a U-Net/FPN-style decoder), each 2x upsampling of the keypoint head also
+adds a 3x3 projection of the trunk stage at its new stride (stride 8: layer2, stride 4: layer1),
+and the mask logits get a 3x3 correction computed from the stride-4 head features. The stride-16
+trunk alone cannot place an edge or a peak to better than a few input pixels; the early stages can.
+Every added layer starts at zero, so a model with skip connections starts exactly where its
+warm-start checkpoint without them left off (:meth:`CtRNetModel.load_warm_start`).
+
 Both outputs are at the *heatmap stride* (4 by default), not at full resolution: upsample the mask
 with ``F.interpolate(..., mode="bilinear", align_corners=False)`` if a full-size mask is needed
 (``align_corners=False`` is the same pixel-centre convention as :mod:`ctrnet_ros.net.decode`).
@@ -62,6 +69,7 @@ class CtRNetConfig:
     mask_head: bool = True  # robot segmentation branch on/off; off -> no "mask_logits" output
     mask_channels: int = 64  # hidden channels of the mask branch's 3x3 conv
     heatmap_prior: float = 0.01  # initial sigmoid(heatmap logit) everywhere (output bias init, as in focal loss)
+    skip_connections: bool = False  # add zero-initialised laterals from the finer trunk stages (see module doc)
     mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB mean subtracted inside the graph (image in [0, 1])
     std: tuple[float, float, float] = IMAGENET_STD  # RGB std divided inside the graph
 
@@ -141,6 +149,7 @@ class CtRNetModel(nn.Module):
 
         layers: list[nn.Module] = []
         in_ch = c
+        self._upsample_ends: list[int] = []  # index in keypoint_head of each upsampling block's last layer
         for _ in range(config.num_upsample_layers):
             if config.upsample_mode == "deconv":
                 layers += [nn.ConvTranspose2d(in_ch, config.head_channels, 4, stride=2, padding=1, bias=False),
@@ -148,6 +157,7 @@ class CtRNetModel(nn.Module):
             else:
                 layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                            *_conv_bn_relu(in_ch, config.head_channels)]
+            self._upsample_ends.append(len(layers) - 1)
             in_ch = config.head_channels
         for _ in range(config.head_convs):
             layers += _conv_bn_relu(in_ch, config.head_channels)
@@ -160,6 +170,26 @@ class CtRNetModel(nn.Module):
                                            nn.Conv2d(config.mask_channels, 1, 1))
         else:
             self.mask_head = None
+
+        # Skip connections: for upsampling j (to stride trunk_stride / 2**(j+1)), the index of the
+        # last trunk stage at that stride and a 3x3 projection of it to head_channels.
+        self._skip_stages: list[int] = []
+        self.skip_laterals = None
+        self.mask_refine = None
+        if config.skip_connections:
+            laterals = []
+            stride = config.trunk_stride
+            for _ in range(config.num_upsample_layers):
+                stride //= 2
+                stages = [i for i, s in enumerate(self.trunk.stage_strides) if s == stride]
+                if not stages:
+                    raise ValueError(f"skip_connections: the trunk has no stage at stride {stride}")
+                self._skip_stages.append(stages[-1])
+                laterals.append(nn.Conv2d(self.trunk.stage_channels[stages[-1]], config.head_channels, 3,
+                                          padding=1))
+            self.skip_laterals = nn.ModuleList(laterals)
+            if config.mask_head:
+                self.mask_refine = nn.Conv2d(in_ch, 1, 3, padding=1)
         self._init_heads()
 
     def _init_heads(self) -> None:
@@ -178,6 +208,31 @@ class CtRNetModel(nn.Module):
         nn.init.normal_(self.heatmap_out.weight, std=1e-3)
         p = self.config.heatmap_prior
         nn.init.constant_(self.heatmap_out.bias, math.log(p / (1.0 - p)))
+        # Skip layers start at zero: the model equals the same model without them until they learn.
+        for m in self.added_by_skip_connections():
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def added_by_skip_connections(self) -> list[nn.Conv2d]:
+        """The layers that ``skip_connections`` adds (empty without it)."""
+        layers = list(self.skip_laterals) if self.skip_laterals is not None else []
+        return layers + ([self.mask_refine] if self.mask_refine is not None else [])
+
+    def load_warm_start(self, state_dict: dict[str, torch.Tensor]) -> list[str]:
+        """Load weights of the same model, or of the same model *without* skip connections.
+
+        In the second case the skip layers keep their zero initialisation, so the outputs are the
+        checkpoint's exactly. Returns the names of the parameters left at their initial values.
+        Raises RuntimeError if anything else is missing or unexpected.
+        """
+        result = self.load_state_dict(state_dict, strict=False)
+        skip_names = {name for name, _ in self.named_parameters()
+                      if name.startswith(("skip_laterals.", "mask_refine."))}
+        missing = set(result.missing_keys)
+        if result.unexpected_keys or not missing <= skip_names:
+            raise RuntimeError(f"weights do not match: missing {sorted(missing - skip_names)}, "
+                               f"unexpected {sorted(result.unexpected_keys)}")
+        return sorted(missing)
 
     def _check_input(self, image: torch.Tensor) -> None:
         if image.dim() != 4 or image.shape[1] != 3:
@@ -189,12 +244,25 @@ class CtRNetModel(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, 3, H, W)`` RGB in [0, 1] -> ``{"heatmaps": (B, K, H/4, W/4), "mask_logits": (B, 1, H/4, W/4)}``."""
         self._check_input(image)
-        features = self.trunk(self.normalize(image))  # (B, C, H/s, W/s)
-        heatmaps = self.heatmap_out(self.keypoint_head(features))  # (B, K, H/4, W/4) logits
+        stages = self.trunk.forward_stages(self.normalize(image))
+        features = stages[-1]  # (B, C, H/s, W/s)
+        if self.skip_laterals is None:
+            head = self.keypoint_head(features)  # (B, head_channels, H/4, W/4)
+        else:
+            head = features
+            ends = dict(zip(self._upsample_ends, range(len(self._upsample_ends))))
+            for i, layer in enumerate(self.keypoint_head):
+                head = layer(head)
+                if i in ends:  # end of upsampling j: add the trunk stage at the same stride
+                    j = ends[i]
+                    head = head + self.skip_laterals[j](stages[self._skip_stages[j]])
+        heatmaps = self.heatmap_out(head)  # (B, K, H/4, W/4) logits
         out = {"heatmaps": heatmaps}
         if self.mask_head is not None:
             mask = self.mask_head(features)  # (B, 1, H/s, W/s)
             if mask.shape[-2:] != heatmaps.shape[-2:]:
                 mask = F.interpolate(mask, size=heatmaps.shape[-2:], mode="bilinear", align_corners=False)
+            if self.mask_refine is not None:
+                mask = mask + self.mask_refine(head)
             out["mask_logits"] = mask  # (B, 1, H/4, W/4)
         return out

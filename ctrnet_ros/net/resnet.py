@@ -182,6 +182,8 @@ class ResNetTrunk(nn.Module):
         dilation = 1
         channels = base_channels
         stages = []
+        stage_strides: list[int] = []
+        stage_channels: list[int] = []
         for i, (num_blocks, stage_stride) in enumerate(zip(blocks_per_stage, _STAGE_STRIDES)):
             first_dilation = dilation
             if stride_so_far * stage_stride > output_stride:
@@ -196,11 +198,15 @@ class ResNetTrunk(nn.Module):
                 first_dilation=first_dilation,
             )
             stages.append(stage)
+            stage_strides.append(stride_so_far)
+            stage_channels.append(channels)
         # Named layer1..layerN as in the paper and torchvision, so state-dict keys read familiarly.
         for i, stage in enumerate(stages):
             self.add_module(f"layer{i + 1}", stage)
         self.num_stages = len(stages)
         self.out_channels = channels
+        self.stage_strides = tuple(stage_strides)  # output stride of layer1..layerN
+        self.stage_channels = tuple(stage_channels)  # output channels of layer1..layerN
         self._init_weights(zero_init_residual)
 
     @staticmethod
@@ -229,9 +235,18 @@ class ResNetTrunk(nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(m.last_bn().weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, H, W)`` normalised image -> ``(B, out_channels, H/s, W/s)`` features."""
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output: ``[(B, stage_channels[i], H/stage_strides[i], W/stage_strides[i])]``.
+
+        The last entry is :meth:`forward`'s result; the earlier, finer ones feed skip connections.
+        """
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, base, H/4, W/4)
+        outputs = []
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
-        return x
+            outputs.append(x)
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, H, W)`` normalised image -> ``(B, out_channels, H/s, W/s)`` features."""
+        return self.forward_stages(x)[-1]

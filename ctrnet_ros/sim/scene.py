@@ -32,6 +32,7 @@ import numpy as np
 
 from ..core import se3
 from ..core.robot import KeypointSpec, RobotModel, VisualMesh
+from ..core.silhouette import SilhouetteMesh
 
 __all__ = [
     "MESH_CONVERTER_VERSION",
@@ -49,6 +50,8 @@ __all__ = [
     "import_mujoco",
     "default_cache_dir",
     "load_mesh_parts",
+    "robot_link_meshes",
+    "load_silhouette_mesh",
     "build_scene_model",
 ]
 
@@ -269,6 +272,64 @@ def load_mesh_parts(path: str | os.PathLike, *, scale: Sequence[float] = (1.0, 1
         arrays.update({f"v{i}": p.vertices, f"f{i}": p.faces, f"n{i}": p.normals, f"c{i}": p.rgba})
     _write_npz_atomic(entry, arrays)
     return parts
+
+
+def robot_link_meshes(robot: RobotModel, *, max_faces: int = 5000, links: Sequence[str] | None = None,
+                      cache_dir: str | os.PathLike | None = None) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """The robot's visual meshes, decimated to about ``max_faces`` triangles in all, per link.
+
+    Every mesh file is decimated by the same fraction through :func:`load_mesh_parts` (cached on
+    disk under ``cache_dir``), so each link keeps its share of the detail; parts under 64 triangles
+    are kept as they are, so the total may end slightly above ``max_faces``.
+
+    Args:
+        robot: URDF model; its visual meshes with ``T_link_mesh`` and scale are used.
+        max_faces: target number of triangles over all links.
+        links: links to include, in this order (default: every link with a visual mesh, in URDF order).
+        cache_dir: mesh conversion cache (default :func:`default_cache_dir`).
+    Returns:
+        ``{link: [(vertices (N, 3) float64 metres in the link frame, faces (M, 3) int), ...]}``.
+    Raises:
+        ValueError: no visual meshes, a requested link without any, or ``max_faces`` < 1.
+    """
+    if int(max_faces) < 1:
+        raise ValueError(f"max_faces must be positive, got {max_faces}")
+    visuals = robot.visual_meshes()
+    with_mesh = [l for l in robot.link_names if any(vm.link == l for vm in visuals)]
+    if links is None:
+        links = with_mesh
+    else:
+        links = list(links)
+        missing = [l for l in links if l not in with_mesh]
+        if missing:
+            raise ValueError(f"link(s) without visual meshes: {', '.join(missing)} "
+                             f"(links with meshes: {', '.join(with_mesh)})")
+    if not links:
+        raise ValueError("the URDF has no visual meshes to render")
+    visuals = [vm for vm in visuals if vm.link in links]
+
+    def load(reduction: float):
+        return [load_mesh_parts(vm.path, scale=vm.scale, fallback_rgba=vm.rgba, reduction=reduction,
+                                cache_dir=cache_dir) for vm in visuals]
+
+    parts = load(0.0)
+    total = sum(len(p.faces) for ps in parts for p in ps)
+    if total > max_faces:
+        # Round the fraction so that nearby targets share cache entries.
+        reduction = round(min(1.0 - max_faces / total, 0.999), 4)
+        parts = load(reduction)
+    meshes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {l: [] for l in links}
+    for vm, ps in zip(visuals, parts):
+        R, t = vm.T_link_mesh[:3, :3], vm.T_link_mesh[:3, 3]
+        for p in ps:
+            meshes[vm.link].append((p.vertices.astype(np.float64) @ R.T + t, p.faces))
+    return meshes
+
+
+def load_silhouette_mesh(robot: RobotModel, *, max_faces: int = 5000,
+                         cache_dir: str | os.PathLike | None = None) -> SilhouetteMesh:
+    """:class:`~ctrnet_ros.core.silhouette.SilhouetteMesh` of every link with a visual mesh (see :func:`robot_link_meshes`)."""
+    return SilhouetteMesh.from_link_meshes(robot_link_meshes(robot, max_faces=max_faces, cache_dir=cache_dir))
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ Presets (:data:`PRESETS`, ``ctrnet-train pretrain --config NAME``):
     and ONE torch thread plus one data-loading worker (two OpenMP threads on two shared cores
     spend most of their time waiting on each other: 3-5x slower measured). Made to be trained in
     slices: ``--resume`` continues ``last.pt`` exactly, ``--time-limit`` ends a slice cleanly.
+``cpu_skip``
+    ``cpu_finetune`` with ``skip_connections`` added (``--init`` a cpu_finetune checkpoint: the new
+    layers start at zero), 12,000 steps, and a mask loss weighted 0.5 (was 0.2): the mask's outline is
+    what the silhouette refinement of the fused pose fits.
 ``gpu``
     ``ctrnet_resnet18`` (width 64, dilated stride 16, 128-channel head), batch 64, AMP, 30,000 steps.
     Use ``--arch ctrnet_resnet50`` for the paper's trunk.
@@ -178,6 +182,15 @@ PRESETS: dict[str, TrainConfig] = {
         preset="cpu_finetune", arch="ctrnet_resnet18", model=dict(trunk_width=32, head_channels=64, mask_channels=32),
         input_size=(320, 240), batch_size=16, lr=6e-4, steps=6000, warmup_steps=100, coord_start_step=0,
         augment=AugmentConfig.camera(), cpu_bf16=True, threads=1, num_workers=1, out_dir="runs/cpu_finetune",
+        checkpoint_every=100, val_every=1000, val_max_frames=300,
+    ),
+    # Continue a cpu_finetune model with skip connections added (zero-initialised, so step 0 is the
+    # warm-start model exactly): the stride-4/8 trunk stages sharpen the peaks and the mask edge.
+    "cpu_skip": TrainConfig(
+        preset="cpu_skip", arch="ctrnet_resnet18",
+        model=dict(trunk_width=32, head_channels=64, mask_channels=32, skip_connections=True),
+        input_size=(320, 240), batch_size=16, lr=6e-4, steps=12000, warmup_steps=200, coord_start_step=0, w_mask=0.5,
+        augment=AugmentConfig.camera(), cpu_bf16=True, threads=1, num_workers=1, out_dir="runs/cpu_skip",
         checkpoint_every=100, val_every=1000, val_max_frames=300,
     ),
     "gpu": TrainConfig(

@@ -26,6 +26,7 @@ seed and thread count an interrupted-and-resumed run reproduces an uninterrupted
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ from tqdm import tqdm
 
 from ..core.camera import ImageTransform, PinholeCamera
 from ..core.estimator import EstimatorConfig
+from ..net.ctrnet import CtRNetConfig
 from ..net.keypoint_net import KeypointNet
 from ..net.registry import build_model, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, config_to_dict
@@ -286,13 +288,21 @@ def _warm_start(model: torch.nn.Module, model_config, config: TrainConfig, keypo
     arch = (init_extra.get("train_config") or {}).get("arch") or getattr(init_model, "arch", None)
     if arch is not None and arch != config.arch:
         raise TrainingError(f"--init {config.init} is a {arch} model, this run trains {config.arch}")
-    if init_config != model_config:
+    # The one change allowed: adding skip connections (their layers start at zero, see CtRNetModel).
+    adds_skips = (isinstance(init_config, CtRNetConfig) and isinstance(model_config, CtRNetConfig)
+                  and not init_config.skip_connections and model_config.skip_connections
+                  and dataclasses.replace(init_config, skip_connections=True) == model_config)
+    if init_config != model_config and not adds_skips:
         raise TrainingError(f"--init {config.init} has model config {init_config}, this run builds {model_config}; "
-                            f"pass the same --model overrides")
+                            f"pass the same --model overrides (adding skip_connections is the one change allowed)")
     if list(init_extra.get("keypoint_names", [])) != list(keypoint_names):
         raise TrainingError(f"--init {config.init} was trained on keypoints {init_extra.get('keypoint_names')}, "
                             f"the data has {keypoint_names}")
-    model.load_state_dict(init_model.state_dict(), strict=True)
+    if adds_skips:
+        fresh = model.load_warm_start(init_model.state_dict())
+        logger.info("warm start adds skip connections: %d new parameter tensors start at zero", len(fresh))
+    else:
+        model.load_state_dict(init_model.state_dict(), strict=True)
     logger.info("warm start from %s (step %s, %.1f min of training)", config.init, init_extra.get("step"),
                 float(init_extra.get("train_seconds", 0.0)) / 60)
     info = {key: init_extra.get(key) for key in ("step", "images_seen", "train_seconds", "hardware", "data")}

@@ -141,39 +141,9 @@ class RobotMeshSet:
         Raises:
             ValueError: no visual meshes, a requested link without any, or ``max_faces`` < 1.
         """
-        from ..sim.scene import load_mesh_parts  # trimesh and friends only when meshes are built
+        from ..sim.scene import robot_link_meshes  # trimesh and friends only when meshes are built
 
-        if int(max_faces) < 1:
-            raise ValueError(f"max_faces must be positive, got {max_faces}")
-        visuals = robot.visual_meshes()
-        with_mesh = [l for l in robot.link_names if any(vm.link == l for vm in visuals)]
-        if links is None:
-            links = with_mesh
-        else:
-            links = list(links)
-            missing = [l for l in links if l not in with_mesh]
-            if missing:
-                raise ValueError(f"link(s) without visual meshes: {', '.join(missing)} "
-                                 f"(links with meshes: {', '.join(with_mesh)})")
-        if not links:
-            raise ValueError("the URDF has no visual meshes to render")
-        visuals = [vm for vm in visuals if vm.link in links]
-
-        def load(reduction: float):
-            return [load_mesh_parts(vm.path, scale=vm.scale, fallback_rgba=vm.rgba, reduction=reduction,
-                                    cache_dir=cache_dir) for vm in visuals]
-
-        parts = load(0.0)
-        total = sum(len(p.faces) for ps in parts for p in ps)
-        if total > max_faces:
-            # Round the fraction so that nearby targets share cache entries.
-            reduction = round(min(1.0 - max_faces / total, 0.999), 4)
-            parts = load(reduction)
-        meshes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {l: [] for l in links}
-        for vm, ps in zip(visuals, parts):
-            R, t = vm.T_link_mesh[:3, :3], vm.T_link_mesh[:3, 3]
-            for p in ps:
-                meshes[vm.link].append((p.vertices.astype(np.float64) @ R.T + t, p.faces))
+        meshes = robot_link_meshes(robot, max_faces=max_faces, links=links, cache_dir=cache_dir)
         return cls.from_link_meshes(meshes)
 
 

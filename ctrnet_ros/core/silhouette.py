@@ -1,0 +1,407 @@
+"""Camera pose from the robot's outline: the URDF meshes' silhouette fitted to predicted masks.
+
+A keypoint network's errors are biased per view, so a static camera fused from thousands of
+keypoints still sits centimetres off. The robot's outline is a far denser measurement: hundreds of
+boundary points per frame, each a constraint on the pose. This module fits the silhouette of the
+robot's meshes, at the joint positions of each frame, to the network's robot masks of many frames,
+by Gauss-Newton on point-to-contour distances (the classic model-based contour tracker, here over a
+whole window of frames at once):
+
+1. **Render** the robot at the current pose (``cv2.fillPoly`` of the projected triangles, with
+   sub-pixel vertex coordinates) and find the mesh vertices that lie on the rendered outline.
+2. **Residuals.** For each outline vertex, the signed distance from its projection to the predicted
+   mask's boundary (``mask_signed_distance``: positive inside the mask). Zero means the rendered
+   outline lies on the predicted one there.
+3. **Step.** Gauss-Newton with a Huber loss on those distances over all frames; the Jacobian of a
+   distance is the distance field's gradient times the projection's derivative with respect to a
+   left perturbation of ``T_camera_base`` (the convention of :mod:`ctrnet_ros.core.pnp`).
+   Vertices are chosen again at every iteration, since the outline changes with the pose.
+
+Everything happens in one pixel frame per observation (for the network's masks: the network-input
+image, see :meth:`SilhouetteObservation.from_mask`), with an undistorted pinhole ``K``.
+
+Conventions: ``T_parent_child`` maps child coordinates to parent coordinates; pixel ``(row i,
+column j)`` has its centre at ``(u, v) = (j, i)`` (OpenCV, :mod:`ctrnet_ros.core.camera`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from .pnp import se3_exp
+
+__all__ = ["SilhouetteMesh", "SilhouetteObservation", "SilhouetteFitConfig", "SilhouetteFitResult",
+           "mask_signed_distance", "render_silhouette", "fit_silhouettes"]
+
+
+
+@dataclass(frozen=True, eq=False)
+class SilhouetteMesh:
+    """A robot's meshes, each vertex in its link's frame.
+
+    Attributes:
+        links: L link names; ``T_base_link`` arrays follow this order.
+        vertices: (V, 3) metres, in the frame of link ``links[vertex_link[i]]``.
+        vertex_link: (V,) int index into ``links``.
+        faces: (F, 3) int vertex indices (any winding).
+    """
+
+    links: tuple[str, ...]
+    vertices: np.ndarray
+    vertex_link: np.ndarray
+    faces: np.ndarray
+
+    @classmethod
+    def from_link_meshes(cls, meshes: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]]) -> "SilhouetteMesh":
+        """From ``{link: [(vertices (N, 3) metres in the link frame, faces (M, 3) int), ...]}``."""
+        verts, vlink, faces = [], [], []
+        offset = 0
+        for li, (link, pieces) in enumerate(meshes.items()):
+            for v, f in pieces:
+                v = np.asarray(v, dtype=np.float64).reshape(-1, 3)
+                f = np.asarray(f, dtype=np.int64).reshape(-1, 3)
+                if f.size and (f.min() < 0 or f.max() >= len(v)):
+                    raise ValueError(f"link {link!r}: face indices out of range for {len(v)} vertices")
+                verts.append(v)
+                faces.append(f + offset)
+                vlink.append(np.full(len(v), li, dtype=np.int64))
+                offset += len(v)
+        if not faces or sum(len(f) for f in faces) == 0:
+            raise ValueError("a silhouette mesh needs at least one triangle")
+        return cls(links=tuple(meshes), vertices=np.concatenate(verts), vertex_link=np.concatenate(vlink),
+                   faces=np.concatenate(faces))
+
+    def camera_points(self, T_camera_base: np.ndarray, T_base_link: np.ndarray) -> np.ndarray:
+        """(V, 3) vertices in the camera optical frame, metres. ``T_base_link``: (L, 4, 4)."""
+        T = np.asarray(T_camera_base, dtype=np.float64) @ np.asarray(T_base_link, dtype=np.float64)  # (L, 4, 4)
+        R, t = T[self.vertex_link, :3, :3], T[self.vertex_link, :3, 3]
+        return np.einsum("vij,vj->vi", R, self.vertices) + t
+
+
+def _project(P: np.ndarray, K: np.ndarray, near: float) -> tuple[np.ndarray, np.ndarray]:
+    z = P[:, 2]
+    front = z > near
+    zs = np.where(front, z, 1.0)
+    uv = np.stack([K[0, 0] * P[:, 0] / zs + K[0, 2], K[1, 1] * P[:, 1] / zs + K[1, 2]], axis=1)
+    return uv, front
+
+
+def _fill(mesh: SilhouetteMesh, uv: np.ndarray, front: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Union of the projected triangles: (H, W) uint8, pixel centres tested against each triangle.
+
+    Vectorised over all (triangle, pixel of its bounding box) pairs. (``cv2.fillPoly`` with many
+    polygons fills by the even-odd rule, so the overlaps every closed mesh has would come out as holes.)
+    """
+    W, H = size
+    img = np.zeros((H, W), dtype=np.uint8)
+    tri = uv[mesh.faces[front[mesh.faces].all(axis=1)]]  # (F, 3, 2)
+    if not len(tri):
+        return img
+    lo = np.ceil(tri.min(axis=1))
+    hi = np.floor(tri.max(axis=1))
+    x0, y0 = np.maximum(lo[:, 0], 0), np.maximum(lo[:, 1], 0)
+    x1, y1 = np.minimum(hi[:, 0], W - 1), np.minimum(hi[:, 1], H - 1)
+    w = np.maximum(x1 - x0 + 1, 0).astype(np.int64)
+    h = np.maximum(y1 - y0 + 1, 0).astype(np.int64)
+    n = w * h
+    keep = n > 0
+    if not keep.any():
+        return img
+    tri, x0, y0, w, n = tri[keep], x0[keep].astype(np.int64), y0[keep].astype(np.int64), w[keep], n[keep]
+    # each edge p -> q as a line function e(x, y) = A x + B y + C (sign: the side of the edge),
+    # oriented so that the triangle's inside is e >= 0 for all three edges whatever its winding
+    p, q = tri, np.roll(tri, -1, axis=1)  # (F, 3, 2) edges a->b, b->c, c->a
+    A = p[..., 1] - q[..., 1]
+    B = q[..., 0] - p[..., 0]
+    C = -(A * p[..., 0] + B * p[..., 1])
+    area = (tri[:, 1, 0] - tri[:, 0, 0]) * (tri[:, 2, 1] - tri[:, 0, 1]) - \
+        (tri[:, 1, 1] - tri[:, 0, 1]) * (tri[:, 2, 0] - tri[:, 0, 0])
+    sign = np.where(area >= 0, 1.0, -1.0)[:, None]
+    A, B, C = (A * sign).astype(np.float32), (B * sign).astype(np.float32), (C * sign).astype(np.float32)
+    face = np.repeat(np.arange(len(n)), n)
+    offset = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    wf = w[face]
+    px = x0[face] + offset % wf
+    py = y0[face] + offset // wf
+    pxf, pyf = px.astype(np.float32), py.astype(np.float32)
+    inside = np.ones(len(face), dtype=bool)
+    for k in range(3):
+        inside &= A[face, k] * pxf + B[face, k] * pyf + C[face, k] >= 0
+    img[py[inside], px[inside]] = 1
+    return img
+
+
+def render_silhouette(mesh: SilhouetteMesh, T_camera_base, T_base_link, K, size: tuple[int, int], *,
+                      near: float = 0.01) -> np.ndarray:
+    """(H, W) uint8 mask (1 = robot) of the meshes seen through pinhole ``K`` at ``size = (W, H)``.
+
+    ``T_base_link``: (L, 4, 4) link poses in the base frame, in ``mesh.links`` order. Faces with a
+    vertex closer than ``near`` metres to the camera plane are skipped.
+    """
+    P = mesh.camera_points(T_camera_base, T_base_link)
+    uv, front = _project(P, np.asarray(K, dtype=np.float64), near)
+    return _fill(mesh, uv, front, size)
+
+
+def mask_signed_distance(prob: np.ndarray, size: tuple[int, int], *, threshold: float = 0.5,
+                         smooth_px: float = 1.0) -> np.ndarray:
+    """Signed distance (pixels, positive inside) to the boundary of a robot-probability mask.
+
+    Args:
+        prob: (h, w) probabilities covering the image (e.g. a network's stride-4 mask); resized
+            bilinearly with the pixel-centre convention to ``size``.
+        size: (W, H) of the pixel frame the distances are measured in.
+        threshold: the probability level that is the boundary.
+        smooth_px: Gaussian smoothing of the distance field (sigma, pixels): it removes the
+            distance transform's half-pixel steps so its gradient is usable; 0 = none.
+    Returns:
+        (H, W) float32.
+    """
+    W, H = size
+    p = np.asarray(prob, dtype=np.float32)
+    if p.ndim != 2:
+        raise ValueError(f"prob must be (h, w), got shape {p.shape}")
+    if p.shape != (H, W):
+        p = cv2.resize(p, (W, H), interpolation=cv2.INTER_LINEAR)
+    return _signed_distance((p >= threshold).astype(np.uint8), smooth_px)
+
+
+def _signed_distance(inside: np.ndarray, smooth_px: float) -> np.ndarray:
+    """(H, W) float32 signed distance (positive inside) to the boundary of a uint8 0/1 mask."""
+    H, W = inside.shape
+    if not inside.any():
+        return np.full((H, W), -float(max(W, H)), dtype=np.float32)
+    # Distance of each inside pixel to the nearest outside pixel and vice versa; the boundary lies
+    # half-way between the two, hence the 0.5 offsets. The image edge is not a boundary: pad by replication.
+    pad = cv2.copyMakeBorder(inside, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+    d_in = cv2.distanceTransform(pad, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    d_out = cv2.distanceTransform(1 - pad, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    sdf = np.where(inside > 0, d_in - 0.5, 0.5 - d_out).astype(np.float32)
+    if smooth_px > 0:
+        sdf = cv2.GaussianBlur(sdf, (0, 0), smooth_px)
+    return sdf
+
+
+def _bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear samples of (H, W) ``img`` at (N, 2) pixels; NaN outside the image."""
+    H, W = img.shape
+    u, v = uv[:, 0], uv[:, 1]
+    inside = (u >= 0) & (v >= 0) & (u <= W - 1) & (v <= H - 1)
+    u0 = np.clip(np.floor(u), 0, W - 2).astype(np.int64)
+    v0 = np.clip(np.floor(v), 0, H - 2).astype(np.int64)
+    a, b = np.clip(u - u0, 0, 1), np.clip(v - v0, 0, 1)
+    out = ((1 - a) * (1 - b) * img[v0, u0] + a * (1 - b) * img[v0, u0 + 1]
+           + (1 - a) * b * img[v0 + 1, u0] + a * b * img[v0 + 1, u0 + 1])
+    return np.where(inside, out, np.nan)
+
+
+@dataclass
+class SilhouetteObservation:
+    """One frame for :func:`fit_silhouettes`: the robot's link poses and the measured outline.
+
+    Attributes:
+        T_base_link: (L, 4, 4) link poses (forward kinematics at the image stamp), ``mesh.links`` order.
+        sdf: (H, W) signed distance to the measured mask's boundary, pixels, positive inside.
+        K: (3, 3) pinhole intrinsics of the pixel frame of ``sdf`` (undistorted).
+        weight: relative weight of this frame's points.
+        smooth_px: the smoothing ``sdf`` was made with (the rendered outline gets the same).
+    """
+
+    T_base_link: np.ndarray
+    sdf: np.ndarray
+    K: np.ndarray
+    weight: float = 1.0
+    smooth_px: float = 1.0
+
+    def __post_init__(self):
+        self.sdf = np.asarray(self.sdf, dtype=np.float32)
+        if self.sdf.ndim != 2:
+            raise ValueError(f"sdf must be (H, W), got {self.sdf.shape}")
+        self.K = np.asarray(self.K, dtype=np.float64).reshape(3, 3)
+        self.T_base_link = np.asarray(self.T_base_link, dtype=np.float64)
+        gy, gx = np.gradient(self.sdf)  # d/d(row), d/d(col): pixel units
+        self._grad_u, self._grad_v = gx.astype(np.float32), gy.astype(np.float32)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(W, H) of the pixel frame."""
+        return self.sdf.shape[1], self.sdf.shape[0]
+
+    @classmethod
+    def from_mask(cls, prob: np.ndarray, T_base_link: np.ndarray, K_input: np.ndarray, input_size: tuple[int, int],
+                  *, scale: float = 1.0, threshold: float = 0.5, smooth_px: float = 1.0,
+                  weight: float = 1.0) -> "SilhouetteObservation":
+        """From a network's mask ``prob`` covering its ``input_size`` image, whose intrinsics are ``K_input``.
+
+        ``K_input`` is the (undistorted) camera ``K`` mapped into the network input
+        (``ImageTransform.scale_intrinsics``). ``scale``: the fit's pixel frame relative to the
+        network input (0.5: half its width and height, a quarter of the work per frame).
+        """
+        W, H = max(1, round(input_size[0] * scale)), max(1, round(input_size[1] * scale))
+        sx, sy = W / input_size[0], H / input_size[1]
+        # pixel-centre convention: u' = (u + 0.5) * s - 0.5
+        S = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+        return cls(T_base_link=T_base_link, sdf=mask_signed_distance(prob, (W, H), threshold=threshold,
+                                                                    smooth_px=smooth_px),
+                   K=S @ np.asarray(K_input, dtype=np.float64), weight=weight, smooth_px=smooth_px)
+
+    def sample(self, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bilinear (distance, d/du, d/dv) at (N, 2) pixels; NaN outside the image."""
+        return _bilinear(self.sdf, uv), _bilinear(self._grad_u, uv), _bilinear(self._grad_v, uv)
+
+
+@dataclass(frozen=True)
+class SilhouetteFitConfig:
+    iterations: int = 15  # Gauss-Newton iterations at most
+    outline_px: float = 1.5  # a vertex within this distance of the rendered outline is an outline point
+    max_distance_px: float = 10.0  # outline points farther than this from the measured boundary are ignored
+    huber_px: float = 1.5  # Huber loss threshold on the point-to-boundary distance
+    border_px: float = 2.0  # outline points this close to the image border are ignored (the mask is cut there)
+    max_points_per_frame: int = 600  # outline points per frame at most (evenly subsampled)
+    min_points: int = 50  # fewer usable points over all frames: no fit
+    damping: float = 1e-3  # Levenberg-Marquardt damping, relative to the normal matrix diagonal
+    step_tol: float = 1e-6  # stop when the step is below this (metres / radians)
+    near: float = 0.01  # metres: faces closer to the camera plane are not drawn
+
+
+@dataclass
+class SilhouetteFitResult:
+    T_camera_base: np.ndarray  # (4, 4) fitted pose
+    ok: bool  # enough points throughout; False: T_camera_base is the initial pose
+    iterations: int
+    num_points: int  # outline points used in the last iteration
+    rms_px: float  # RMS point-to-boundary distance of the used points, last iteration
+    initial_rms_px: float  # the same at the initial pose
+    normal_matrix: np.ndarray | None = None  # (6, 6) J^T W J of the last iteration (unit pixel noise)
+    detail: str = ""
+
+
+def _outline_points(mesh: SilhouetteMesh, obs: SilhouetteObservation, T: np.ndarray, cfg: SilhouetteFitConfig):
+    """Mesh vertices on the rendered outline of ``obs``: camera-frame points (N, 3), pixels (N, 2) and
+    the rendered silhouette's own signed distance at them (N,), processed as the measured one."""
+    P = mesh.camera_points(T, obs.T_base_link)
+    uv, front = _project(P, obs.K, cfg.near)
+    W, H = obs.size
+    m = cfg.border_px
+    ok = front & (uv[:, 0] >= m) & (uv[:, 1] >= m) & (uv[:, 0] <= W - 1 - m) & (uv[:, 1] <= H - 1 - m)
+    idx = np.flatnonzero(ok)
+    if not len(idx):
+        return P[:0], uv[:0], uv[:0, 0]
+    # Work in the robot's bounding box (grown by the smoothing's reach), not the whole image.
+    grow = int(np.ceil(3 * obs.smooth_px + cfg.outline_px)) + 2
+    lo = np.maximum(np.floor(uv[front].min(axis=0)).astype(np.int64) - grow, 0)
+    hi = np.minimum(np.ceil(uv[front].max(axis=0)).astype(np.int64) + grow, [W - 1, H - 1])
+    shift = lo.astype(np.float64)
+    rendered = _fill(mesh, uv - shift, front, (int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1)))
+    if not rendered.any():
+        return P[:0], uv[:0], uv[:0, 0]
+    # The rendered silhouette through the same distance transform and smoothing as the measured
+    # mask: at the true pose both fields agree at every vertex, whatever their discretisation.
+    rendered_sdf = _signed_distance(rendered, obs.smooth_px)
+    local = uv[idx] - shift
+    ui = np.clip(np.round(local[:, 0]).astype(np.int64), 0, rendered.shape[1] - 1)
+    vi = np.clip(np.round(local[:, 1]).astype(np.int64), 0, rendered.shape[0] - 1)
+    on = np.abs(rendered_sdf[vi, ui]) <= cfg.outline_px
+    idx, local = idx[on], local[on]
+    if len(idx) > cfg.max_points_per_frame:
+        pick = np.linspace(0, len(idx) - 1, cfg.max_points_per_frame).round().astype(np.int64)
+        idx, local = idx[pick], local[pick]
+    return P[idx], uv[idx], _bilinear(rendered_sdf, local)
+
+
+def _residuals(mesh, observations, T, cfg):
+    """Stacked residuals (N,), Jacobian (N, 6) and sqrt-weights (N,) over all observations."""
+    rs, Js, ws = [], [], []
+    for obs in observations:
+        P, uv, d_rendered = _outline_points(mesh, obs, T, cfg)
+        if len(P) == 0:
+            continue
+        d, gu, gv = obs.sample(uv)
+        d = d - d_rendered  # zero where the rendered outline lies on the measured one
+        use = np.isfinite(d) & (np.abs(d) <= cfg.max_distance_px)
+        if not use.any():
+            continue
+        P, d, gu, gv = P[use], d[use], gu[use], gv[use]
+        x, y, z = P[:, 0], P[:, 1], P[:, 2]
+        fx, fy = obs.K[0, 0], obs.K[1, 1]
+        # d(distance)/dP = grad . d(u, v)/dP
+        gP = np.stack([gu * fx / z, gv * fy / z, -(gu * fx * x + gv * fy * y) / (z * z)], axis=1)
+        # P' = Exp(xi) P: dP/d(rho, phi) = [I, -[P]x]  ->  d/dphi (g . (phi x P)) = P x g
+        J = np.concatenate([gP, np.cross(P, gP)], axis=1)
+        rs.append(d)
+        Js.append(J)
+        ws.append(np.full(len(d), np.sqrt(obs.weight)))
+    if not rs:
+        return np.zeros(0), np.zeros((0, 6)), np.zeros(0)
+    return np.concatenate(rs), np.concatenate(Js), np.concatenate(ws)
+
+
+def _robust_cost(r: np.ndarray, sw: np.ndarray, delta: float) -> float:
+    """Mean weighted Huber cost of residuals ``r`` (pixels)."""
+    if len(r) == 0:
+        return float("inf")
+    a = np.abs(r)
+    rho = np.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta))
+    return float(np.sum(sw ** 2 * rho) / np.sum(sw ** 2))
+
+
+def _huber_weights(r: np.ndarray, delta: float) -> np.ndarray:
+    a = np.abs(r)
+    return np.where(a <= delta, 1.0, delta / np.maximum(a, 1e-12))
+
+
+def fit_silhouettes(T_init, observations: Sequence[SilhouetteObservation], mesh: SilhouetteMesh,
+                    config: SilhouetteFitConfig = SilhouetteFitConfig()) -> SilhouetteFitResult:
+    """Refine ``T_camera_base`` so the meshes' outlines meet the measured boundaries in every observation.
+
+    Args:
+        T_init: (4, 4) starting ``T_camera_base`` (base frame -> camera optical frame), close enough
+            that the outlines overlap (a few pixels to ``max_distance_px``): e.g. a keypoint PnP pose.
+        observations: frames of one static camera (each with its own link poses and mask).
+        mesh: the robot's meshes (``mesh.links`` order matches each ``T_base_link``).
+    Returns:
+        :class:`SilhouetteFitResult`; ``ok`` False (with ``detail``) when too few outline points
+        meet a measured boundary.
+    """
+    cfg = config
+    T = np.asarray(T_init, dtype=np.float64).copy()
+    r, J, sw = _residuals(mesh, observations, T, cfg)
+    initial_rms = float(np.sqrt(np.mean(r ** 2))) if len(r) else float("nan")
+    if len(r) < cfg.min_points:
+        return SilhouetteFitResult(T_camera_base=T, ok=False, iterations=0, num_points=len(r), rms_px=initial_rms,
+                                   initial_rms_px=initial_rms,
+                                   detail=f"only {len(r)} outline points meet a measured boundary "
+                                          f"(need {cfg.min_points})")
+    cost = _robust_cost(r, sw, cfg.huber_px)
+    lam = cfg.damping
+    it = 0
+    H = None
+    for it in range(1, cfg.iterations + 1):
+        w = (sw ** 2) * _huber_weights(r, cfg.huber_px)
+        H = J.T @ (J * w[:, None])
+        g = J.T @ (w * r)
+        try:
+            step = -np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), g)
+        except np.linalg.LinAlgError:
+            break
+        T_new = se3_exp(step) @ T
+        r_new, J_new, sw_new = _residuals(mesh, observations, T_new, cfg)
+        cost_new = _robust_cost(r_new, sw_new, cfg.huber_px) if len(r_new) >= cfg.min_points else np.inf
+        # The outline points are chosen anew at every pose, so compare mean (not summed) costs; a
+        # step that raises it is retried with more damping (Levenberg-Marquardt).
+        if cost_new <= cost:
+            T, r, J, sw, cost = T_new, r_new, J_new, sw_new, cost_new
+            lam = max(lam / 10.0, 1e-9)
+            if np.linalg.norm(step) < cfg.step_tol:
+                break
+        else:
+            lam *= 10.0
+            if lam > 1e6:
+                break
+    rms = float(np.sqrt(np.mean(r ** 2)))
+    return SilhouetteFitResult(T_camera_base=T, ok=True, iterations=it, num_points=len(r), rms_px=rms,
+                               initial_rms_px=initial_rms, normal_matrix=H)
