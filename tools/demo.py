@@ -142,6 +142,8 @@ def main(argv=None) -> int:
         print(f"image -> TF latency  median {statistics.median(latencies) * 1e3:.0f} ms, "
               f"p95 {np.percentile(latencies, 95) * 1e3:.0f} ms (wall clock, /tf only)")
     print(f"diagnostics       {diag.message if diag else '(none)'}")
+    if "outline refinement" in kv:
+        print(f"outline fit       {kv['outline refinement']}")
     if saved is not None:
         print(f"~/save            {saved.message}")
     if exit_code != 0:

@@ -56,6 +56,9 @@ class FusionState:
     bumped: bool = False  # this update detected a camera bump and reset the window
     frame_error_px: float | None = None  # this frame's RMS error under the fused pose before the update
     segment: int = 0  # increments at every reset or bump
+    agreed: bool = True  # this frame agreed with the fused pose (or there was none yet): evidence for it
+    refined: bool = False  # T_camera_base is the outline-refined pose (see core.silhouette), not the keypoint one
+    refine_detail: str = ""  # why the last outline refinement was refused, or ""
 
     @property
     def trans_std_m(self) -> float:
@@ -98,10 +101,14 @@ class StaticCameraFusion:
         ok = self._T is not None and len(self._frames) >= self.config.min_frames
         st = FusionState(T_camera_base=self._T if ok else None, covariance=self._cov if ok else None,
                          num_frames=len(self._frames), converged=False, segment=self._segment, **extra)
-        st.converged = bool(ok and len(self._frames) >= self.config.converged_min_frames
-                            and st.trans_std_m <= self.config.converged_trans_std_m
-                            and st.rot_std_deg <= self.config.converged_rot_std_deg)
+        st.converged = self.is_converged(st)
         return st
+
+    def is_converged(self, state: FusionState) -> bool:
+        """The convergence rule (frames, 1-sigma position and rotation) applied to ``state``'s pose."""
+        return bool(state.T_camera_base is not None and state.num_frames >= self.config.converged_min_frames
+                    and state.trans_std_m <= self.config.converged_trans_std_m
+                    and state.rot_std_deg <= self.config.converged_rot_std_deg)
 
     def reset(self, *, T_camera_base=None, covariance=None) -> None:
         """Forget all frames (optionally start from a saved calibration, reported until new frames arrive)."""
@@ -188,7 +195,7 @@ class StaticCameraFusion:
                         self._solve()
                         return self.state(bumped=True, frame_error_px=err)
                 # A disagreeing frame (bump candidate or bad detection) never enters the window.
-                return self.state(frame_error_px=err)
+                return self.state(frame_error_px=err, agreed=False)
             self._pending.clear()
         self._insert(frame)
         self._solve()

@@ -7,6 +7,9 @@ interpolate joint states, estimate, and fuse in exactly the same way.
 What to publish (``FrameResult.T_camera_base``):
 
 * ``static`` mode: the fused pose once at least ``fusion.min_frames`` diverse frames agree, else nothing.
+  With robot meshes and a model that predicts masks, the fused keypoint pose is then refined by
+  fitting the meshes' outline to the masks of many frames (:class:`~ctrnet_ros.core.silhouette.SilhouetteRefiner`),
+  and the refined pose is published once a refinement passes its checks.
 * ``moving`` mode: the gated, smoothed per-frame pose.
 * Before any evidence (or after a reset), a calibration loaded at start-up, if one was given.
 
@@ -15,6 +18,13 @@ Never a pose without evidence: a frame that yields no estimate publishes nothing
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,9 +33,28 @@ from .camera import PinholeCamera
 from .estimator import CameraToRobotEstimator, Estimate, EstimatorConfig
 from .fusion import FusionConfig, FusionState, MovingCameraFilter, MovingFilterConfig, StaticCameraFusion
 from .pnp import FrameCorrespondences
+from .robot import RobotModelError
+from .silhouette import RefineJob, SilhouetteFitResult, SilhouetteMesh, SilhouetteRefineConfig, SilhouetteRefiner
 from .timesync import JointHistoryConfig, JointStateHistory
 
 __all__ = ["PipelineConfig", "FrameResult", "CalibrationPipeline", "ReplayScheduler", "MODES"]
+
+logger = logging.getLogger(__name__)
+
+#: nice increment of the background outline-refinement process: frames (and their TF) come first
+_REFINE_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Initialiser of the refinement process."""
+    try:
+        os.nice(_REFINE_NICE)
+    except OSError:
+        pass
+
+
+def _run_job(job: RefineJob) -> SilhouetteFitResult:
+    return job.run()
 
 MODES = ("static", "moving")
 
@@ -37,6 +66,7 @@ class PipelineConfig:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)  # per-frame estimate settings
     fusion: FusionConfig = field(default_factory=FusionConfig)  # static-camera fusion and bump detection
     moving: MovingFilterConfig = field(default_factory=MovingFilterConfig)  # moving-camera gate and smoothing
+    silhouette: SilhouetteRefineConfig = field(default_factory=SilhouetteRefineConfig)  # static: outline refinement
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -59,7 +89,8 @@ class CalibrationPipeline:
     """Joint history + estimator + fusion. Thread-safety: call ``add_joint_state`` from any thread, and
     ``process``/``set_camera``/``reset`` from one worker thread."""
 
-    def __init__(self, estimator: CameraToRobotEstimator | None, config: PipelineConfig = PipelineConfig()):
+    def __init__(self, estimator: CameraToRobotEstimator | None, config: PipelineConfig = PipelineConfig(), *,
+                 silhouette_mesh: SilhouetteMesh | None = None, refine_in_background: bool = False):
         #: may be None until a robot model and detector exist (set it before :meth:`process`); swapping
         #: it (model reload) keeps the joint history and the fused frames
         self.estimator = estimator
@@ -69,6 +100,34 @@ class CalibrationPipeline:
         self._fusion: StaticCameraFusion | None = None
         self._moving = MovingCameraFilter(config.moving)
         self._saved: tuple[np.ndarray, np.ndarray | None] | None = None
+        self._refiner: SilhouetteRefiner | None = None
+        self._refiner_segment = -1
+        # Outline refinements take up to seconds: a live node runs them in a low-priority process (a
+        # thread would hold the GIL the frame worker needs, and at low priority hold it for long) and
+        # takes the result at a later frame; replay runs them in line (deterministic).
+        self._background = bool(refine_in_background)
+        self._executor: ProcessPoolExecutor | None = None
+        self._job: tuple[RefineJob, Future] | None = None
+        self.set_silhouette_mesh(silhouette_mesh)
+
+    def close(self) -> None:
+        """Stop the background refinement process (a running fit is abandoned)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self._job = None
+
+    def set_silhouette_mesh(self, mesh: SilhouetteMesh | None) -> None:
+        """Robot meshes for the outline refinement (static mode); None turns it off. Its links must be
+        links of the estimator's robot model. Forgets the frames kept for it."""
+        use = mesh is not None and self.config.mode == "static" and self.config.silhouette.enabled
+        self._refiner = SilhouetteRefiner(mesh, self.config.silhouette) if use else None
+        self._refiner_segment = -1
+        self._job = None  # a running fit belongs to the old refiner: its result is dropped
+
+    @property
+    def refiner(self) -> SilhouetteRefiner | None:
+        return self._refiner
 
     # -- inputs ---------------------------------------------------------------------------------
     def add_joint_state(self, stamp_ns: int, names, positions) -> list[str]:
@@ -94,6 +153,8 @@ class CalibrationPipeline:
         if self._fusion is not None:
             self._fusion.reset()
         self._moving.reset()
+        if self._refiner is not None:
+            self._refiner.reset()
 
     def joints_cover(self, stamp_ns: int) -> bool:
         """Joint states needed for the keypoints exist at or after ``stamp_ns`` (interpolation possible)."""
@@ -105,7 +166,7 @@ class CalibrationPipeline:
 
     @property
     def fusion_state(self) -> FusionState | None:
-        return None if self._fusion is None else self._fusion.state()
+        return None if self._fusion is None else self._refined(self._fusion.state())
 
     # -- per frame ------------------------------------------------------------------------------
     def process(self, image_rgb: np.ndarray, stamp_ns: int, *, prepared=None) -> FrameResult:
@@ -135,13 +196,79 @@ class CalibrationPipeline:
                 corr = FrameCorrespondences(points_base=est.keypoints_base,
                                             pixels=np.where(inl[:, None], est.keypoints_uv, np.nan),
                                             weights=np.where(inl, est.confidence, 0.0))
-                state = self._fusion.update(corr, np.array([positions[j] for j in required]), single=est.pnp,
-                                            stamp_ns=stamp_ns)
+                joint_vector = np.array([positions[j] for j in required])
+                state = self._fusion.update(corr, joint_vector, single=est.pnp, stamp_ns=stamp_ns)
+                self._refine(est, state, stamp_ns, joint_vector)
             else:
                 self._moving.update(est.pnp)
         elif self.config.mode == "static":
             state = self._fusion.state()
+        if state is not None:
+            state = self._refined(state)
         return self._result(est, state)
+
+    def _refine(self, est: Estimate, state: FusionState, stamp_ns: int, joint_vector: np.ndarray) -> None:
+        """Keep this frame's mask for the outline refinement, and refine when due (static mode)."""
+        refiner = self._refiner
+        if refiner is None:
+            return
+        if self._job is not None and self._job[1].done():
+            job, future = self._job
+            self._job = None
+            try:
+                refiner.finish(job, future.result())
+            except Exception as exc:  # a failed fit must not stop the calibration: report it
+                refiner.last_detail = f"outline fit failed: {type(exc).__name__}: {exc}"
+                logger.warning("%s", refiner.last_detail)
+                if isinstance(exc, BrokenProcessPool):
+                    self._executor = None  # the next fit starts a new process
+        if state.segment != self._refiner_segment:  # a reset or a bump: the old masks saw another camera pose
+            refiner.reset()
+            self._refiner_segment = state.segment
+        if est.mask is None or not state.agreed or est.input_transform is None:
+            return
+        t0 = time.perf_counter()
+        robot = self.estimator.robot
+        links = refiner.mesh.links
+        needed = {link: robot.chain_joints(link) for link in links}
+        query = self.joints.at(stamp_ns, sorted({j for js in needed.values() for j in js}))
+        valid = np.array([all(j in query.positions for j in needed[link]) for link in links])
+        if not valid.any():
+            return
+        try:
+            poses = robot.link_poses(query.positions, links=[l for l, ok in zip(links, valid) if ok])
+        except RobotModelError:
+            return
+        T_base_link = np.stack([poses.get(l, np.eye(4)) for l in links])
+        refiner.add(est.mask, self.camera, est.input_transform, T_base_link, joint_vector,
+                    link_valid=None if valid.all() else valid)
+        if refiner.due() and state.T_camera_base is not None and self._job is None:
+            job = refiner.start(state.T_camera_base)
+            if self._background:
+                if self._executor is None:
+                    # spawn, not fork: the node's process holds DDS threads that a fork must not copy
+                    self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                         initializer=_lower_priority)
+                try:
+                    self._job = (job, self._executor.submit(_run_job, job))
+                except BrokenProcessPool as exc:  # the process died (killed, out of memory): start another
+                    logger.warning("outline refinement process lost (%s); starting a new one", exc)
+                    self._executor = None
+            else:
+                refiner.finish(job, job.run())
+        est.timings_ms["silhouette"] = (time.perf_counter() - t0) * 1e3
+
+    def _refined(self, state: FusionState) -> FusionState:
+        """``state`` with the outline-refined pose in place of the keypoint pose, when there is one."""
+        refiner = self._refiner
+        if refiner is None or state.T_camera_base is None or self._refiner_segment != state.segment:
+            return state
+        if refiner.pose is None:
+            return dataclasses.replace(state, refine_detail=refiner.last_detail)
+        out = dataclasses.replace(state, T_camera_base=refiner.pose.T_camera_base,
+                                  covariance=refiner.pose.covariance, refined=True, refine_detail=refiner.last_detail)
+        out.converged = self._fusion.is_converged(out)
+        return out
 
     def _result(self, est: Estimate, state: FusionState | None) -> FrameResult:
         T, cov, source = None, None, "none"

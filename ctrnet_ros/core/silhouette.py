@@ -32,10 +32,13 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from . import se3
+from .camera import ImageTransform, PinholeCamera
 from .pnp import se3_exp
 
 __all__ = ["SilhouetteMesh", "SilhouetteObservation", "SilhouetteFitConfig", "SilhouetteFitResult",
-           "mask_signed_distance", "render_silhouette", "fit_silhouettes"]
+           "MaskResampler", "PosePrior", "SilhouetteRefineConfig", "SilhouetteRefiner", "RefineJob", "RefinedPose", "mask_signed_distance",
+           "render_silhouette", "fit_silhouettes"]
 
 
 
@@ -75,11 +78,25 @@ class SilhouetteMesh:
         return cls(links=tuple(meshes), vertices=np.concatenate(verts), vertex_link=np.concatenate(vlink),
                    faces=np.concatenate(faces))
 
+    def __post_init__(self):
+        # vertices are stored link by link (from_link_meshes); remember each link's block
+        order_ok = np.all(np.diff(self.vertex_link) >= 0)
+        bounds = np.searchsorted(self.vertex_link, np.arange(len(self.links) + 1)) if order_ok else None
+        object.__setattr__(self, "_blocks", bounds)
+        object.__setattr__(self, "_face_columns", tuple(np.ascontiguousarray(self.faces[:, k]) for k in range(3)))
+
     def camera_points(self, T_camera_base: np.ndarray, T_base_link: np.ndarray) -> np.ndarray:
         """(V, 3) vertices in the camera optical frame, metres. ``T_base_link``: (L, 4, 4)."""
         T = np.asarray(T_camera_base, dtype=np.float64) @ np.asarray(T_base_link, dtype=np.float64)  # (L, 4, 4)
-        R, t = T[self.vertex_link, :3, :3], T[self.vertex_link, :3, 3]
-        return np.einsum("vij,vj->vi", R, self.vertices) + t
+        if self._blocks is None:
+            R, t = T[self.vertex_link, :3, :3], T[self.vertex_link, :3, 3]
+            return np.einsum("vij,vj->vi", R, self.vertices) + t
+        out = np.empty_like(self.vertices)
+        b = self._blocks
+        for li in range(len(self.links)):
+            if b[li + 1] > b[li]:
+                out[b[li]:b[li + 1]] = self.vertices[b[li]:b[li + 1]] @ T[li, :3, :3].T + T[li, :3, 3]
+        return out
 
 
 def _project(P: np.ndarray, K: np.ndarray, near: float) -> tuple[np.ndarray, np.ndarray]:
@@ -98,11 +115,13 @@ def _fill(mesh: SilhouetteMesh, uv: np.ndarray, front: np.ndarray, size: tuple[i
     """
     W, H = size
     img = np.zeros((H, W), dtype=np.uint8)
-    tri = uv[mesh.faces[front[mesh.faces].all(axis=1)]]  # (F, 3, 2)
-    if not len(tri):
+    f0, f1, f2 = mesh._face_columns
+    ok = front[f0] & front[f1] & front[f2]
+    a, b, c = uv[f0[ok]], uv[f1[ok]], uv[f2[ok]]  # (F, 2) each
+    if not len(a):
         return img
-    lo = np.ceil(tri.min(axis=1))
-    hi = np.floor(tri.max(axis=1))
+    lo = np.ceil(np.minimum(np.minimum(a, b), c))
+    hi = np.floor(np.maximum(np.maximum(a, b), c))
     x0, y0 = np.maximum(lo[:, 0], 0), np.maximum(lo[:, 1], 0)
     x1, y1 = np.minimum(hi[:, 0], W - 1), np.minimum(hi[:, 1], H - 1)
     w = np.maximum(x1 - x0 + 1, 0).astype(np.int64)
@@ -111,26 +130,27 @@ def _fill(mesh: SilhouetteMesh, uv: np.ndarray, front: np.ndarray, size: tuple[i
     keep = n > 0
     if not keep.any():
         return img
-    tri, x0, y0, w, n = tri[keep], x0[keep].astype(np.int64), y0[keep].astype(np.int64), w[keep], n[keep]
-    # each edge p -> q as a line function e(x, y) = A x + B y + C (sign: the side of the edge),
-    # oriented so that the triangle's inside is e >= 0 for all three edges whatever its winding
-    p, q = tri, np.roll(tri, -1, axis=1)  # (F, 3, 2) edges a->b, b->c, c->a
-    A = p[..., 1] - q[..., 1]
-    B = q[..., 0] - p[..., 0]
-    C = -(A * p[..., 0] + B * p[..., 1])
-    area = (tri[:, 1, 0] - tri[:, 0, 0]) * (tri[:, 2, 1] - tri[:, 0, 1]) - \
-        (tri[:, 1, 1] - tri[:, 0, 1]) * (tri[:, 2, 0] - tri[:, 0, 0])
-    sign = np.where(area >= 0, 1.0, -1.0)[:, None]
-    A, B, C = (A * sign).astype(np.float32), (B * sign).astype(np.float32), (C * sign).astype(np.float32)
+    a, b, c = a[keep], b[keep], c[keep]
+    x0, y0, w, n = x0[keep].astype(np.int64), y0[keep].astype(np.int64), w[keep], n[keep]
+    # Each edge p -> q as a line function e(x, y) = A x + B y + C, oriented so that the triangle's
+    # inside is e >= 0 for all three edges whatever its winding.
+    sign = np.where((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]) >= 0,
+                    1.0, -1.0)
+    coeffs = []
+    for p, q in ((a, b), (b, c), (c, a)):
+        A = (p[:, 1] - q[:, 1]) * sign
+        B = (q[:, 0] - p[:, 0]) * sign
+        coeffs.append((A.astype(np.float32), B.astype(np.float32), (-(A * p[:, 0] + B * p[:, 1])).astype(np.float32)))
     face = np.repeat(np.arange(len(n)), n)
     offset = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
     wf = w[face]
     px = x0[face] + offset % wf
     py = y0[face] + offset // wf
     pxf, pyf = px.astype(np.float32), py.astype(np.float32)
-    inside = np.ones(len(face), dtype=bool)
-    for k in range(3):
-        inside &= A[face, k] * pxf + B[face, k] * pyf + C[face, k] >= 0
+    inside = None
+    for A, B, C in coeffs:
+        e = A[face] * pxf + B[face] * pyf + C[face] >= 0
+        inside = e if inside is None else inside & e
     img[py[inside], px[inside]] = 1
     return img
 
@@ -209,6 +229,7 @@ class SilhouetteObservation:
         K: (3, 3) pinhole intrinsics of the pixel frame of ``sdf`` (undistorted).
         weight: relative weight of this frame's points.
         smooth_px: the smoothing ``sdf`` was made with (the rendered outline gets the same).
+        link_valid: (L,) bool, links whose pose is known (others are not drawn), or None for all.
     """
 
     T_base_link: np.ndarray
@@ -216,6 +237,7 @@ class SilhouetteObservation:
     K: np.ndarray
     weight: float = 1.0
     smooth_px: float = 1.0
+    link_valid: np.ndarray | None = None
 
     def __post_init__(self):
         self.sdf = np.asarray(self.sdf, dtype=np.float32)
@@ -285,6 +307,8 @@ def _outline_points(mesh: SilhouetteMesh, obs: SilhouetteObservation, T: np.ndar
     the rendered silhouette's own signed distance at them (N,), processed as the measured one."""
     P = mesh.camera_points(T, obs.T_base_link)
     uv, front = _project(P, obs.K, cfg.near)
+    if obs.link_valid is not None:
+        front &= np.asarray(obs.link_valid, dtype=bool)[mesh.vertex_link]
     W, H = obs.size
     m = cfg.border_px
     ok = front & (uv[:, 0] >= m) & (uv[:, 1] >= m) & (uv[:, 0] <= W - 1 - m) & (uv[:, 1] <= H - 1 - m)
@@ -314,7 +338,10 @@ def _outline_points(mesh: SilhouetteMesh, obs: SilhouetteObservation, T: np.ndar
 
 
 def _residuals(mesh, observations, T, cfg):
-    """Stacked residuals (N,), Jacobian (N, 6) and sqrt-weights (N,) over all observations."""
+    """Stacked residuals (N,), Jacobian (N, 6) and weights (N,) over all observations.
+
+    A frame's weights sum to its ``weight``: the points along one outline share that mask's errors,
+    so a frame counts once however many of its points are used."""
     rs, Js, ws = [], [], []
     for obs in observations:
         P, uv, d_rendered = _outline_points(mesh, obs, T, cfg)
@@ -334,19 +361,19 @@ def _residuals(mesh, observations, T, cfg):
         J = np.concatenate([gP, np.cross(P, gP)], axis=1)
         rs.append(d)
         Js.append(J)
-        ws.append(np.full(len(d), np.sqrt(obs.weight)))
+        ws.append(np.full(len(d), obs.weight / len(d)))
     if not rs:
         return np.zeros(0), np.zeros((0, 6)), np.zeros(0)
     return np.concatenate(rs), np.concatenate(Js), np.concatenate(ws)
 
 
-def _robust_cost(r: np.ndarray, sw: np.ndarray, delta: float) -> float:
-    """Mean weighted Huber cost of residuals ``r`` (pixels)."""
+def _robust_cost(r: np.ndarray, w: np.ndarray, delta: float) -> float:
+    """Weighted Huber cost of residuals ``r`` (pixels); weights ``w``."""
     if len(r) == 0:
         return float("inf")
     a = np.abs(r)
     rho = np.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta))
-    return float(np.sum(sw ** 2 * rho) / np.sum(sw ** 2))
+    return float(np.sum(w * rho))
 
 
 def _huber_weights(r: np.ndarray, delta: float) -> np.ndarray:
@@ -354,47 +381,89 @@ def _huber_weights(r: np.ndarray, delta: float) -> np.ndarray:
     return np.where(a <= delta, 1.0, delta / np.maximum(a, 1e-12))
 
 
+@dataclass(frozen=True)
+class PosePrior:
+    """A Gaussian prior on ``T_camera_base``: ``T = Exp(xi) T_prior`` with ``xi ~ N(0, diag(s_m^2 I, s_rad^2 I))``.
+
+    For a left perturbation of ``T_camera_base`` this is the same as an isotropic prior of
+    ``sigma_m`` on the camera's position and ``sigma_rad`` on its orientation (the translation
+    part of ``xi`` is minus the rotated camera displacement).
+    """
+
+    T_camera_base: np.ndarray
+    sigma_m: float
+    sigma_rad: float
+
+    def information(self) -> np.ndarray:
+        return np.diag([self.sigma_m ** -2] * 3 + [self.sigma_rad ** -2] * 3)
+
+    def residual(self, T: np.ndarray) -> np.ndarray:
+        """(6,) ``xi`` with ``T = Exp(xi) T_prior`` (first order)."""
+        D = T @ se3.invert_transform(self.T_camera_base)
+        return np.concatenate([D[:3, 3], se3.matrix_to_rvec(D[:3, :3])])
+
+
 def fit_silhouettes(T_init, observations: Sequence[SilhouetteObservation], mesh: SilhouetteMesh,
-                    config: SilhouetteFitConfig = SilhouetteFitConfig()) -> SilhouetteFitResult:
+                    config: SilhouetteFitConfig = SilhouetteFitConfig(), *,
+                    prior: PosePrior | None = None) -> SilhouetteFitResult:
     """Refine ``T_camera_base`` so the meshes' outlines meet the measured boundaries in every observation.
+
+    The cost is, per frame, the mean Huber loss of its outline distances divided by ``sigma^2``
+    (``sigma``: the robust spread of the distances at the start, fixed during the fit), summed over
+    frames, plus the ``prior`` term. Minimised by Levenberg-Marquardt.
 
     Args:
         T_init: (4, 4) starting ``T_camera_base`` (base frame -> camera optical frame), close enough
             that the outlines overlap (a few pixels to ``max_distance_px``): e.g. a keypoint PnP pose.
         observations: frames of one static camera (each with its own link poses and mask).
         mesh: the robot's meshes (``mesh.links`` order matches each ``T_base_link``).
+        prior: optional Gaussian prior on the pose (e.g. the keypoint-fused pose).
     Returns:
         :class:`SilhouetteFitResult`; ``ok`` False (with ``detail``) when too few outline points
-        meet a measured boundary.
+        meet a measured boundary. ``normal_matrix`` is the cost's Gauss-Newton Hessian: its inverse
+        is the pose covariance under frame-level independence.
     """
     cfg = config
     T = np.asarray(T_init, dtype=np.float64).copy()
-    r, J, sw = _residuals(mesh, observations, T, cfg)
+    r, J, w = _residuals(mesh, observations, T, cfg)
     initial_rms = float(np.sqrt(np.mean(r ** 2))) if len(r) else float("nan")
     if len(r) < cfg.min_points:
         return SilhouetteFitResult(T_camera_base=T, ok=False, iterations=0, num_points=len(r), rms_px=initial_rms,
                                    initial_rms_px=initial_rms,
                                    detail=f"only {len(r)} outline points meet a measured boundary "
                                           f"(need {cfg.min_points})")
-    cost = _robust_cost(r, sw, cfg.huber_px)
+    sigma = max(1.4826 * float(np.median(np.abs(r))), 0.25)
+    scale = 1.0 / sigma ** 2
+    L = prior.information() if prior is not None else np.zeros((6, 6))
+
+    def total_cost(r_, w_, T_):
+        c = scale * _robust_cost(r_, w_, cfg.huber_px)
+        if prior is not None:
+            xi = prior.residual(T_)
+            c += 0.5 * float(xi @ L @ xi)
+        return c
+
+    cost = total_cost(r, w, T)
     lam = cfg.damping
     it = 0
     H = None
     for it in range(1, cfg.iterations + 1):
-        w = (sw ** 2) * _huber_weights(r, cfg.huber_px)
-        H = J.T @ (J * w[:, None])
-        g = J.T @ (w * r)
+        wh = scale * w * _huber_weights(r, cfg.huber_px)
+        H = J.T @ (J * wh[:, None]) + L
+        g = J.T @ (wh * r)
+        if prior is not None:
+            g = g + L @ prior.residual(T)
         try:
             step = -np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), g)
         except np.linalg.LinAlgError:
             break
         T_new = se3_exp(step) @ T
-        r_new, J_new, sw_new = _residuals(mesh, observations, T_new, cfg)
-        cost_new = _robust_cost(r_new, sw_new, cfg.huber_px) if len(r_new) >= cfg.min_points else np.inf
-        # The outline points are chosen anew at every pose, so compare mean (not summed) costs; a
-        # step that raises it is retried with more damping (Levenberg-Marquardt).
+        r_new, J_new, w_new = _residuals(mesh, observations, T_new, cfg)
+        cost_new = total_cost(r_new, w_new, T_new) if len(r_new) >= cfg.min_points else np.inf
+        # The outline points are chosen anew at every pose; each frame's term is a mean over its
+        # points, so costs stay comparable. A step that raises the cost is retried with more damping.
         if cost_new <= cost:
-            T, r, J, sw, cost = T_new, r_new, J_new, sw_new, cost_new
+            T, r, J, w, cost = T_new, r_new, J_new, w_new, cost_new
             lam = max(lam / 10.0, 1e-9)
             if np.linalg.norm(step) < cfg.step_tol:
                 break
@@ -402,6 +471,232 @@ def fit_silhouettes(T_init, observations: Sequence[SilhouetteObservation], mesh:
             lam *= 10.0
             if lam > 1e6:
                 break
+    wh = scale * w * _huber_weights(r, cfg.huber_px)
+    H = J.T @ (J * wh[:, None]) + L
     rms = float(np.sqrt(np.mean(r ** 2)))
     return SilhouetteFitResult(T_camera_base=T, ok=True, iterations=it, num_points=len(r), rms_px=rms,
                                initial_rms_px=initial_rms, normal_matrix=H)
+
+
+# --------------------------------------------------------------------------------------------
+# Static camera: many frames' masks -> one refined pose
+# --------------------------------------------------------------------------------------------
+class MaskResampler:
+    """Maps a network's mask into the *fit frame*: the camera's undistorted image at ``fit_width``.
+
+    The mask covers the network input, which is ``input_transform`` of the raw (distorted) camera
+    image. One ``cv2.remap`` per mask: fit pixel -> undistorted camera pixel -> distorted camera
+    pixel -> network-input pixel -> mask cell (pixel-centre conventions throughout).
+
+    Attributes:
+        K: (3, 3) intrinsics of the fit frame (distortion-free).
+        size: (W, H) of the fit frame.
+    """
+
+    def __init__(self, camera: PinholeCamera, input_transform: ImageTransform, mask_shape: tuple[int, int], *,
+                 fit_width: int = 160):
+        fit_w = int(max(8, min(fit_width, camera.width)))
+        fit_h = int(max(8, round(camera.height * fit_w / camera.width)))
+        to_fit = camera.resize_transform(fit_w, fit_h)
+        self.K = to_fit.scale_intrinsics(camera.K)
+        self.size = (fit_w, fit_h)
+        self.camera, self.input_transform, self.mask_shape = camera, input_transform, tuple(mask_shape)
+        if camera.has_distortion:
+            if camera.distortion_model == "equidistant":
+                mx, my = cv2.fisheye.initUndistortRectifyMap(camera.K, camera.D.reshape(4, 1), np.eye(3), self.K,
+                                                             self.size, cv2.CV_32FC1)
+            else:
+                mx, my = cv2.initUndistortRectifyMap(camera.K, camera.D, None, self.K, self.size, cv2.CV_32FC1)
+            cam_u, cam_v = mx.astype(np.float64), my.astype(np.float64)
+        else:
+            cam = to_fit.invert_coords(np.stack(np.meshgrid(np.arange(fit_w, dtype=np.float64),
+                                                            np.arange(fit_h, dtype=np.float64)), axis=-1))
+            cam_u, cam_v = cam[..., 0], cam[..., 1]
+        inp = input_transform.apply_coords(np.stack([cam_u, cam_v], axis=-1))
+        h_m, w_m = self.mask_shape
+        # the mask's cells tile the network input: cell = (input + 0.5) * cells / pixels - 0.5
+        self._map_u = ((inp[..., 0] + 0.5) * w_m / input_transform.out_width - 0.5).astype(np.float32)
+        self._map_v = ((inp[..., 1] + 0.5) * h_m / input_transform.out_height - 0.5).astype(np.float32)
+
+    def matches(self, camera: PinholeCamera, input_transform: ImageTransform, mask_shape) -> bool:
+        return camera is self.camera and input_transform == self.input_transform and tuple(mask_shape) == self.mask_shape
+
+    def __call__(self, prob: np.ndarray) -> np.ndarray:
+        """(h, w) mask probabilities -> (H, W) float32 in the fit frame (0 outside the camera image)."""
+        return cv2.remap(np.asarray(prob, dtype=np.float32), self._map_u, self._map_v, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+
+@dataclass(frozen=True)
+class SilhouetteRefineConfig:
+    enabled: bool = True  # refine the fused pose with the robot's outline (needs a model with a mask head)
+    mesh_faces: int = 3000  # the robot's visual meshes are decimated to about this many triangles
+    fit_width: int = 160  # width of the fit frame, pixels (the mask's detail: a stride-4 mask of a 320 px input)
+    mask_threshold: float = 0.5  # mask probability that is the robot's outline
+    smooth_px: float = 1.0  # smoothing of the distance fields, fit-frame pixels
+    max_frames: int = 40  # frames kept (the oldest leaves); each costs ~0.25 MB
+    min_frames: int = 10  # frames needed for the first refinement
+    every_frames: int = 10  # refine again after this many new frames
+    min_joint_distance: float = 0.05  # rad (L2): a frame this close to a kept one is not kept
+    max_correction_m: float = 0.10  # a refined pose farther than this from the keypoint pose is refused...
+    max_correction_deg: float = 5.0  # ...or rotated more than this
+    max_rms_px: float = 2.5  # ...or with an RMS outline distance above this (fit-frame pixels)
+    keypoint_prior_m: float = 0.03  # the keypoint-fused pose enters the fit as a prior of this 1-sigma position...
+    keypoint_prior_deg: float = 1.0  # ...and rotation (keypoint errors are biased per view: not its own, smaller sigma); 0: no prior
+    fit: SilhouetteFitConfig = SilhouetteFitConfig(iterations=30)  # the solver
+
+
+@dataclass
+class RefinedPose:
+    T_camera_base: np.ndarray  # (4, 4)
+    covariance: np.ndarray  # (6, 6) left perturbation (core.pnp convention)
+    num_frames: int  # frames in the fit
+    rms_px: float  # RMS outline distance, fit-frame pixels
+    correction_m: float  # camera position change from the keypoint pose
+    correction_deg: float
+
+
+class SilhouetteRefiner:
+    """Keeps the masks of diverse frames of a static camera and refines a pose with them.
+
+    Feed it frames with :meth:`add`; when :meth:`due`, call :meth:`refine` with the keypoint-fused
+    pose. :attr:`pose` is the last accepted refinement (None until one is). Not thread-safe.
+
+    The covariance treats each *frame* as one independent measurement of the outline (the points
+    along one outline share the mask's errors), with the keypoint pose as a prior (see fit_silhouettes).
+    """
+
+    def __init__(self, mesh: SilhouetteMesh, config: SilhouetteRefineConfig = SilhouetteRefineConfig()):
+        self.mesh = mesh
+        self.config = config
+        self._obs: list[tuple[np.ndarray, SilhouetteObservation]] = []
+        self._resampler: MaskResampler | None = None
+        self._new = 0
+        self.pose: RefinedPose | None = None
+        self.refinements = 0  # accepted refinements since the last reset
+        self.last_detail = ""  # why the last refinement was refused, or ""
+        self._generation = 0  # increments at every reset: results of older jobs are dropped
+
+    @property
+    def num_frames(self) -> int:
+        return len(self._obs)
+
+    def reset(self) -> None:
+        self._obs.clear()
+        self._generation += 1
+        self._new = 0
+        self.pose = None
+        self.refinements = 0
+        self.last_detail = ""
+
+    def add(self, prob: np.ndarray, camera: PinholeCamera, input_transform: ImageTransform,
+            T_base_link: np.ndarray, joint_vector, *, link_valid: np.ndarray | None = None) -> bool:
+        """Keep a frame's mask (``prob`` covering the network input that ``input_transform`` makes of
+        the camera image) with its link poses ``T_base_link`` (L, 4, 4, ``mesh.links`` order).
+
+        Returns False when the frame was not kept (too close in joint space to a kept one).
+        """
+        cfg = self.config
+        q = np.asarray(joint_vector, dtype=np.float64).reshape(-1)
+        if any(k.shape == q.shape and np.linalg.norm(k - q) < cfg.min_joint_distance for k, _ in self._obs):
+            return False
+        prob = np.asarray(prob)
+        if self._resampler is None or not self._resampler.matches(camera, input_transform, prob.shape):
+            self._resampler = MaskResampler(camera, input_transform, prob.shape, fit_width=cfg.fit_width)
+        r = self._resampler
+        sdf = mask_signed_distance(r(prob), r.size, threshold=cfg.mask_threshold, smooth_px=cfg.smooth_px)
+        self._obs.append((q, SilhouetteObservation(T_base_link=T_base_link, sdf=sdf, K=r.K, smooth_px=cfg.smooth_px,
+                                                   link_valid=link_valid)))
+        if len(self._obs) > cfg.max_frames:
+            self._obs.pop(0)
+        self._new += 1
+        return True
+
+    def due(self) -> bool:
+        """Enough frames, and enough new ones since the last refinement."""
+        cfg = self.config
+        return len(self._obs) >= cfg.min_frames and (self.refinements == 0 or self._new >= cfg.every_frames)
+
+    def start(self, T_keypoints: np.ndarray) -> "RefineJob":
+        """A refinement of the frames kept now, from the last accepted pose (or ``T_keypoints``, the
+        keypoint-fused pose). Run it (:meth:`RefineJob.run`, any thread) and hand the result to
+        :meth:`finish`; frames added meanwhile wait for the next one."""
+        cfg = self.config
+        self._new = 0
+        T_kp = np.asarray(T_keypoints, dtype=np.float64).copy()
+        start = T_kp
+        if self.pose is not None and _pose_change(self.pose.T_camera_base, T_kp) <= (cfg.max_correction_m,
+                                                                                    cfg.max_correction_deg):
+            start = self.pose.T_camera_base
+        return RefineJob(mesh=self.mesh, observations=tuple(o for _, o in self._obs), T_start=start,
+                         T_keypoints=T_kp, config=cfg, generation=self._generation)
+
+    def finish(self, job: "RefineJob", result: SilhouetteFitResult) -> RefinedPose | None:
+        """Check ``job``'s result and accept it as :attr:`pose`; None when refused (see
+        :attr:`last_detail`; a previous accepted pose stays) or when the refiner was reset since."""
+        cfg = self.config
+        if job.generation != self._generation:
+            return None
+        dm, ddeg = _pose_change(result.T_camera_base, job.T_keypoints)
+        if not result.ok:
+            self.last_detail = result.detail
+        elif result.rms_px > cfg.max_rms_px:
+            self.last_detail = f"outline RMS {result.rms_px:.2f} px exceeds {cfg.max_rms_px:g} px"
+        elif dm > cfg.max_correction_m or ddeg > cfg.max_correction_deg:
+            self.last_detail = (f"outline fit moved the camera {dm * 1e3:.0f} mm / {ddeg:.1f} deg from the keypoint "
+                                f"pose (limits {cfg.max_correction_m * 1e3:.0f} mm / {cfg.max_correction_deg:g} deg)")
+        else:
+            cov = _covariance(result)
+            if cov is None:
+                self.last_detail = "outline fit is degenerate (singular normal matrix)"
+            else:
+                self.last_detail = ""
+                self.refinements += 1
+                self.pose = RefinedPose(T_camera_base=result.T_camera_base, covariance=cov,
+                                        num_frames=len(job.observations), rms_px=result.rms_px, correction_m=dm,
+                                        correction_deg=ddeg)
+                return self.pose
+        return None
+
+    def refine(self, T_keypoints: np.ndarray) -> RefinedPose | None:
+        """:meth:`start`, run and :meth:`finish` in this thread."""
+        job = self.start(T_keypoints)
+        return self.finish(job, job.run())
+
+
+@dataclass(frozen=True, eq=False)
+class RefineJob:
+    """One outline refinement, self-contained (the observations are not modified once made)."""
+
+    mesh: SilhouetteMesh
+    observations: tuple[SilhouetteObservation, ...]
+    T_start: np.ndarray
+    T_keypoints: np.ndarray
+    config: SilhouetteRefineConfig
+    generation: int
+
+    def run(self) -> SilhouetteFitResult:
+        cfg = self.config
+        prior = None
+        if cfg.keypoint_prior_m > 0 and cfg.keypoint_prior_deg > 0:
+            prior = PosePrior(T_camera_base=self.T_keypoints, sigma_m=cfg.keypoint_prior_m,
+                              sigma_rad=np.radians(cfg.keypoint_prior_deg))
+        return fit_silhouettes(self.T_start, self.observations, self.mesh, cfg.fit, prior=prior)
+
+
+def _pose_change(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:
+    """(camera position change in metres, rotation change in degrees) between two ``T_camera_base``."""
+    A, B = se3.invert_transform(T_a), se3.invert_transform(T_b)
+    return se3.translation_error(A, B), se3.rotation_error_deg(A, B)
+
+
+def _covariance(res: SilhouetteFitResult) -> np.ndarray | None:
+    """(6, 6) pose covariance: the inverse of the fit's Hessian (frame-level independence, see fit_silhouettes)."""
+    H = res.normal_matrix
+    if H is None or not np.all(np.isfinite(H)):
+        return None
+    try:
+        cov = np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        return None
+    return cov if np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0) else None

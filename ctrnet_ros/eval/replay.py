@@ -132,6 +132,7 @@ class FrameRecord:
     fusion_bumped: bool = False  # the fusion detected a camera bump at this frame
     fusion_segment: int = 0  # the fusion's own segment counter (increments at each detected bump)
     fusion_trans_std_m: float = math.nan  # 1-sigma camera-position uncertainty the fusion reports
+    fusion_refined: bool = False  # the fused pose is the outline-refined one
 
     @property
     def reprojection_errors_px(self) -> np.ndarray:
@@ -305,6 +306,7 @@ def evaluate_bag(
     config: PipelineConfig | None = None,
     max_joint_wait_s: float = 0.1,
     num_samples: int = 6,
+    silhouette: bool = True,
     progress: bool = True,
 ) -> EvalResult:
     """Replay ``bag`` through the node's :class:`CalibrationPipeline` and compare each frame with ground truth.
@@ -327,6 +329,8 @@ def evaluate_bag(
         max_joint_wait_s: how long (recorded time) an image waits for joint states after its stamp,
             the node's bounded wait.
         num_samples: frames whose images are kept for the overlay figure.
+        silhouette: static mode: refine the fused pose with the robot's outline, as the node does
+            (needs a model with a mask head and the robot's visual meshes; off otherwise).
         progress: show a tqdm progress bar (on stderr).
     Returns:
         :class:`EvalResult` with one :class:`FrameRecord` per image message.
@@ -388,7 +392,15 @@ def evaluate_bag(
                                            config=config.estimator)
     except EstimatorSetupError as exc:
         raise ModelError(f"model {model_label} does not fit robot {spec.robot!r}: {exc}") from exc
-    pipeline = CalibrationPipeline(estimator, config)
+    mesh = None
+    if silhouette and config.mode == "static" and config.silhouette.enabled and getattr(detector, "has_mask", False):
+        from ..sim.scene import load_silhouette_mesh  # trimesh: only when meshes are needed
+
+        try:
+            mesh = load_silhouette_mesh(robot_model, max_faces=config.silhouette.mesh_faces)
+        except (OSError, ValueError) as exc:
+            logger.warning("outline refinement off: cannot load the robot's meshes (%s)", exc)
+    pipeline = CalibrationPipeline(estimator, config, silhouette_mesh=mesh)
     scheduler = ReplayScheduler(pipeline, max_wait_s=max_joint_wait_s)
 
     # -- replay ----------------------------------------------------------------------------------
@@ -534,7 +546,8 @@ class _Recorder:
             keypoints_uv_gt=None,
             fusion_num_frames=fusion.num_frames if fusion else 0, fusion_converged=bool(fusion and fusion.converged),
             fusion_bumped=bool(fusion and fusion.bumped), fusion_segment=fusion.segment if fusion else 0,
-            fusion_trans_std_m=fusion.trans_std_m if fusion and fusion.T_camera_base is not None else math.nan)
+            fusion_trans_std_m=fusion.trans_std_m if fusion and fusion.T_camera_base is not None else math.nan,
+            fusion_refined=bool(fusion and fusion.refined))
         if est.ok:
             self.num_ok += 1
         if seg is not None:

@@ -176,13 +176,18 @@ class CalibrationNode(Node):
                 log.warning(self._not_ready)
         self._robot_xml = ""  # the /robot_description text the current model came from
         self._estimator = self._build_estimator(self._detector, self._robot, self._model_label)
+        # Robot meshes for the outline refinement of the fused pose (built with the robot model; the
+        # worker hands them to the pipeline). None, with the reason, when it cannot run.
+        self._outline_mesh, self._outline_off = self._load_outline_mesh(self._robot)
 
         # -- state --------------------------------------------------------------------------------
         # The per-frame logic (joint history, estimate, fusion, what to publish) is the core pipeline,
         # the very code ctrnet-eval replays bags through; this node only moves messages in and out.
         self._pipeline = CalibrationPipeline(self._estimator, PipelineConfig(
             mode=cfg.mode, joints=cfg.joint_history, estimator=self._estimator_config, fusion=cfg.fusion,
-            moving=cfg.moving))
+            moving=cfg.moving, silhouette=cfg.outline), silhouette_mesh=self._outline_mesh,
+            refine_in_background=cfg.outline_background)
+        self._pipeline_mesh = self._outline_mesh
         self._camera = None
         self._camera_problem = f"no camera_info received on {cfg.camera_info_topic}"
         # starting calibration from calibration_file: (camera frame, converged, frames); its pose is in the pipeline
@@ -251,6 +256,46 @@ class CalibrationNode(Node):
                                           config=self._estimator_config)
         except EstimatorSetupError as exc:
             raise NodeSetupError(f"model {label!r} does not fit robot config {self.config.robot!r}: {exc}") from exc
+
+    def _load_outline_mesh(self, robot: RobotModel | None):
+        """(SilhouetteMesh, "") for ``robot``, or (None, why the outline refinement is off)."""
+        cfg = self.config
+        if cfg.mode != "static":
+            return None, "static mode only"
+        if not cfg.outline.enabled:
+            return None, "outline.enabled is false"
+        if robot is None:
+            return None, "no robot model yet"
+        try:
+            from ..sim.scene import load_silhouette_mesh  # trimesh: only when the refinement runs
+        except ImportError as exc:
+            return None, f"mesh loading unavailable ({exc})"
+        t0 = time.monotonic()
+        try:
+            mesh = load_silhouette_mesh(robot, max_faces=cfg.outline.mesh_faces)
+        except Exception as exc:  # unreadable or missing mesh files, a URDF without meshes, ...
+            why = f"cannot load the robot's visual meshes: {type(exc).__name__}: {exc}"
+            self.get_logger().warning(f"outline refinement off: {why}")
+            return None, why
+        self.get_logger().info(f"outline refinement: {len(mesh.faces)} triangles on {len(mesh.links)} links "
+                               f"({time.monotonic() - t0:.1f} s)")
+        return mesh, ""
+
+    def _outline_status(self) -> str:
+        """One line for /diagnostics: what the outline refinement is doing."""
+        refiner = self._pipeline.refiner
+        if refiner is None:
+            off = self._outline_off or "off"
+            return f"off: {off}"
+        if not getattr(self._detector, "has_mask", True):
+            return "off: the model has no mask head"
+        pose = refiner.pose
+        if pose is None:
+            detail = f"; last fit refused: {refiner.last_detail}" if refiner.last_detail else ""
+            return f"waiting: {refiner.num_frames} of {refiner.config.min_frames} frames{detail}"
+        text = (f"active: {refiner.refinements} fits, the last over {pose.num_frames} frames moved the keypoint pose "
+                f"{pose.correction_m * 1e3:.1f} mm / {pose.correction_deg:.2f} deg (outline RMS {pose.rms_px:.2f} px)")
+        return text + (f"; newest fit refused: {refiner.last_detail}" if refiner.last_detail else "")
 
     def _load_seed(self, path: str) -> None:
         """Start from a saved calibration (static mode): published until fused frames replace it."""
@@ -326,10 +371,12 @@ class CalibrationNode(Node):
         except (RobotModelError, NodeSetupError) as exc:
             self.get_logger().error(f"/robot_description unusable, keeping the previous robot model: {exc}")
             return
+        mesh, off = self._load_outline_mesh(robot)
         with self._lock:
             self._robot, self._estimator, self._robot_source, self._not_ready = robot, estimator, \
                 "/robot_description", ""
             self._robot_xml = msg.data
+            self._outline_mesh, self._outline_off = mesh, off
         self.get_logger().info("robot model from /robot_description")
 
     def _reload_model(self, config: NodeConfig) -> tuple[bool, str]:
@@ -428,6 +475,9 @@ class CalibrationNode(Node):
         self.stats.dropped = self._slot.dropped + self._handoff.dropped
         extra = {"model": model, "TF frames": f"{self.base_frame} -> {self.config.camera_frame or '<image frame_id>'}"
                  + (" (published inverted)" if self.config.publish_inverse else "")}
+        if self.config.mode == "static":
+            with self._lock:
+                extra["outline refinement"] = self._outline_status()
         status = self.stats.report(name=f"{self.get_name()}: camera-to-robot calibration",
                                    hardware_id=self.config.camera_frame or self.config.image_topic,
                                    image_topic=self.config.subscribed_image_topic, summary=summary,
@@ -495,6 +545,9 @@ class CalibrationNode(Node):
         pipeline = self._pipeline
         with self._lock:  # the workers are the pipeline's only callers besides the joint-state callback
             pipeline.estimator = estimator
+            if self._pipeline_mesh is not self._outline_mesh:  # a new robot model came with new meshes
+                pipeline.set_silhouette_mesh(self._outline_mesh)
+                self._pipeline_mesh = self._outline_mesh
             first_camera = pipeline.camera is None
             if pipeline.set_camera(camera) and not first_camera:
                 self.get_logger().warning("camera intrinsics changed: fusion restarted")
@@ -638,4 +691,7 @@ class CalibrationNode(Node):
         if slot is not None:
             close_and_join(slot, self._workers[0])
             close_and_join(self._handoff, self._workers[-1])
+        pipeline = getattr(self, "_pipeline", None)
+        if pipeline is not None:
+            pipeline.close()
         return super().destroy_node()

@@ -23,6 +23,7 @@ from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterVal
                               ParameterException)
 
 from ..core.fusion import FusionConfig, MovingFilterConfig
+from ..core.silhouette import SilhouetteRefineConfig
 from ..core.timesync import JointHistoryConfig
 
 __all__ = ["ParamSpec", "PARAMETERS", "RUNTIME_PARAMETERS", "NodeConfig", "ParameterValidationError",
@@ -68,7 +69,7 @@ class ParamSpec:
         return d
 
 
-_F, _M = FusionConfig(), MovingFilterConfig()
+_F, _M, _O = FusionConfig(), MovingFilterConfig(), SilhouetteRefineConfig()
 _J = JointHistoryConfig()
 
 #: Every parameter of the node, in the order of ``config/ctrnet.yaml``.
@@ -155,6 +156,24 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(the fusion then restarts from them).", range=(1, 10000)),
     ParamSpec("fusion.frame_quality_px", _F.frame_quality_px, "A frame's own RMS error must be below this (pixels) "
               "for it to vote for a bump.", range=(0.01, 1000.0)),
+    # -- static camera: outline refinement -------------------------------------------------------
+    ParamSpec("outline.enabled", _O.enabled, "Refine the fused pose by fitting the robot's outline (its URDF "
+              "visual meshes at each frame's joint positions) to the model's robot masks of many frames. Needs a "
+              "model with a mask head and loadable meshes; off otherwise (said in /diagnostics)."),
+    ParamSpec("outline.background", True, "Run the outline fit on a low-priority thread (frames keep flowing); "
+              "false: in the worker, between frames."),
+    ParamSpec("outline.max_frames", _O.max_frames, "Frames whose masks are kept for the fit (the oldest leaves).",
+              range=(1, 1000)),
+    ParamSpec("outline.min_frames", _O.min_frames, "Frames needed for the first outline fit.", range=(1, 1000)),
+    ParamSpec("outline.every_frames", _O.every_frames, "Fit again after this many new frames.", range=(1, 100000)),
+    ParamSpec("outline.fit_width", _O.fit_width, "Width (pixels) of the undistorted image the outlines are compared "
+              "in.", range=(32, 4096)),
+    ParamSpec("outline.mesh_faces", _O.mesh_faces, "The visual meshes are decimated to about this many triangles.",
+              range=(100, 1000000)),
+    ParamSpec("outline.max_correction_m", _O.max_correction_m, "An outline fit that moves the camera farther than "
+              "this from the keypoint pose (metres)...", range=(0.0, 10.0)),
+    ParamSpec("outline.max_correction_deg", _O.max_correction_deg, "...or rotates it more than this (degrees) is "
+              "refused.", range=(0.0, 180.0)),
     # -- moving-camera filter -------------------------------------------------------------------
     ParamSpec("moving.alpha", _M.alpha, "Exponential smoothing weight of the newest estimate (1: no smoothing).",
               range=(0.01, 1.0)),
@@ -229,6 +248,8 @@ class NodeConfig:
     diagnostics_period_s: float
     fusion: FusionConfig = field(default_factory=FusionConfig)
     moving: MovingFilterConfig = field(default_factory=MovingFilterConfig)
+    outline: SilhouetteRefineConfig = field(default_factory=SilhouetteRefineConfig)
+    outline_background: bool = True
 
     @property
     def subscribed_image_topic(self) -> str:
@@ -307,6 +328,9 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
     if v["fusion.max_frames"] < v["fusion.converged_min_frames"]:
         problems.append(f"fusion.max_frames ({v['fusion.max_frames']}) must be >= fusion.converged_min_frames "
                         f"({v['fusion.converged_min_frames']}), or the fusion can never converge")
+    if v["outline.min_frames"] > v["outline.max_frames"]:
+        problems.append(f"outline.min_frames ({v['outline.min_frames']}) must be <= outline.max_frames "
+                        f"({v['outline.max_frames']})")
     if problems:
         raise ParameterValidationError(problems)
 
@@ -333,4 +357,10 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
         pipelined=v["pipelined"], executor_threads=v["executor_threads"],
         min_confidence=v["min_confidence"],
         max_rmse_px=v["max_rmse_px"], calibration_file=v["calibration_file"], save_directory=v["save_directory"],
-        diagnostics_period_s=v["diagnostics_period_s"], fusion=fusion, moving=moving)
+        diagnostics_period_s=v["diagnostics_period_s"], fusion=fusion, moving=moving,
+        outline=SilhouetteRefineConfig(
+            enabled=v["outline.enabled"], max_frames=v["outline.max_frames"], min_frames=v["outline.min_frames"],
+            every_frames=v["outline.every_frames"], fit_width=v["outline.fit_width"],
+            mesh_faces=v["outline.mesh_faces"], max_correction_m=v["outline.max_correction_m"],
+            max_correction_deg=v["outline.max_correction_deg"]),
+        outline_background=v["outline.background"])
