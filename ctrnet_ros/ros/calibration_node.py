@@ -290,11 +290,17 @@ class CalibrationNode(Node):
         if not getattr(self._detector, "has_mask", True):
             return "off: the model has no mask head"
         pose = refiner.pose
+        running = self._pipeline.refine_running
         if pose is None:
             detail = f"; last fit refused: {refiner.last_detail}" if refiner.last_detail else ""
-            return f"waiting: {refiner.num_frames} of {refiner.config.min_frames} frames{detail}"
+            if running:
+                return f"first fit running over {running} frames ({refiner.num_frames} kept){detail}"
+            if refiner.num_frames < refiner.config.min_frames:
+                return f"collecting: {refiner.num_frames} of {refiner.config.min_frames} frames{detail}"
+            return f"{refiner.num_frames} frames kept, fit starts with the next fused frame{detail}"
         text = (f"active: {refiner.refinements} fits, the last over {pose.num_frames} frames moved the keypoint pose "
                 f"{pose.correction_m * 1e3:.1f} mm / {pose.correction_deg:.2f} deg (outline RMS {pose.rms_px:.2f} px)")
+        text += f"; fit over {running} frames running" if running else ""
         return text + (f"; newest fit refused: {refiner.last_detail}" if refiner.last_detail else "")
 
     def _load_seed(self, path: str) -> None:
