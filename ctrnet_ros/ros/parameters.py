@@ -160,7 +160,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("outline.enabled", _O.enabled, "Refine the fused pose by fitting the robot's outline (its URDF "
               "visual meshes at each frame's joint positions) to the model's robot masks of many frames. Needs a "
               "model with a mask head and loadable meshes; off otherwise (said in /diagnostics)."),
-    ParamSpec("outline.background", True, "Run the outline fit on a low-priority thread (frames keep flowing); "
+    ParamSpec("outline.background", True, "Run the outline fit in a low-priority process (frames keep flowing); "
               "false: in the worker, between frames."),
     ParamSpec("outline.max_frames", _O.max_frames, "Frames whose masks are kept for the fit (the oldest leaves).",
               range=(1, 1000)),
