@@ -259,7 +259,10 @@ def test_pipeline_background_refinement_arrives_later(panda, panda_spec, mesh, s
         replay(pipe, det, panda, panda_spec, traj, T, duration=2.0)
         assert pipe._job is not None or pipe.refiner.refinements > 0
         if pipe._job is not None:
+            n = len(pipe._job[0].observations)
+            assert pipe.refine_running in (0, n)  # 0 only if it already finished
             pipe._job[1].result(timeout=60)  # let the running fit finish
+            assert pipe.refine_running == 0  # a finished fit waiting for the next frame no longer runs
         results = replay(pipe, det, panda, panda_spec, traj, T, duration=0.2, t0=2.0)  # the next frame takes it
         assert pipe.refiner.refinements >= 1 and results[-1].fusion.refined
     finally:

@@ -174,6 +174,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "this from the keypoint pose (metres)...", range=(0.0, 10.0)),
     ParamSpec("outline.max_correction_deg", _O.max_correction_deg, "...or rotates it more than this (degrees) is "
               "refused.", range=(0.0, 180.0)),
+    ParamSpec("outline.keypoint_prior_m", _O.keypoint_prior_m, "The keypoint-fused pose enters the outline fit as a "
+              "prior with this 1-sigma camera position (metres)...; 0 (either): no prior.", range=(0.0, 10.0)),
+    ParamSpec("outline.keypoint_prior_deg", _O.keypoint_prior_deg, "...and this 1-sigma rotation (degrees).",
+              range=(0.0, 180.0)),
     # -- moving-camera filter -------------------------------------------------------------------
     ParamSpec("moving.alpha", _M.alpha, "Exponential smoothing weight of the newest estimate (1: no smoothing).",
               range=(0.01, 1.0)),
@@ -362,5 +366,6 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
             enabled=v["outline.enabled"], max_frames=v["outline.max_frames"], min_frames=v["outline.min_frames"],
             every_frames=v["outline.every_frames"], fit_width=v["outline.fit_width"],
             mesh_faces=v["outline.mesh_faces"], max_correction_m=v["outline.max_correction_m"],
-            max_correction_deg=v["outline.max_correction_deg"]),
+            max_correction_deg=v["outline.max_correction_deg"], keypoint_prior_m=v["outline.keypoint_prior_m"],
+            keypoint_prior_deg=v["outline.keypoint_prior_deg"]),
         outline_background=v["outline.background"])
