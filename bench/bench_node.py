@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=100, help="frames for the bare-inference timing")
     ap.add_argument("--executor-threads", type=int, nargs="+", default=[1],
                     help="node parameter executor_threads, each value benchmarked in turn (e.g. 1 2)")
+    ap.add_argument("--outline", nargs="+", choices=("on", "off"), default=["on"],
+                    help="node parameter outline.enabled, each benchmarked in turn (on off: what the background "
+                         "outline fit costs the frame rate)")
     args = ap.parse_args(argv)
     os.chdir(ROOT)
     models = args.model or ["models/panda_ctrnet.onnx"] + [m for m in ["models/panda_ctrnet_int8.onnx"]
@@ -81,26 +84,30 @@ def main(argv=None) -> int:
     rows = []
     for model in models:
         for threads in args.executor_threads:
-            status, row = bench_model(model, bag, args.frames, threads)
-            if status:
-                return status
-            rows.append(row)
+            for outline in args.outline:
+                status, row = bench_model(model, bag, args.frames, threads, outline=outline == "on")
+                if status:
+                    return status
+                rows.append(row)
     if len(rows) > 1:
         print("\nSame run, against the first (= 1.00):")
-        print("| model | executor threads | frames processed | median latency | bare inference |")
-        print("|---|---:|---:|---:|---:|")
+        print("| model | executor threads | outline fit | frames processed | median latency | bare inference |")
+        print("|---|---:|---|---:|---:|---:|")
         base = rows[0]
         for r in rows:
-            print(f"| {r['model']} | {r['threads']} | {r['processed']:.0%} | {r['e2e'] / base['e2e']:.2f} | "
+            print(f"| {r['model']} | {r['threads']} | {'on' if r['outline'] else 'off'} | {r['processed']:.0%} | "
+                  f"{r['e2e'] / base['e2e']:.2f} | "
                   f"{r['bare'] / base['bare']:.2f} |")
     return 0
 
 
-def bench_model(model: str, bag: Path, frames: int, executor_threads: int = 1) -> tuple[int, dict]:
+def bench_model(model: str, bag: Path, frames: int, executor_threads: int = 1, *,
+                outline: bool = True) -> tuple[int, dict]:
     """One model through the node on the bag; prints its table. Returns (exit status, summary row)."""
     from ctrnet_ros.ros.replay_session import NodeProcessError, ReplaySession
 
-    params = {"model": model, "static_when_converged": False, "executor_threads": executor_threads}
+    params = {"model": model, "static_when_converged": False, "executor_threads": executor_threads,
+              "outline.enabled": outline}
     with ReplaySession(bag, params, log_path=ROOT / "build" / "bench" / "ctrnet_node.log") as session:
         try:
             session.wait_until_ready()
@@ -124,7 +131,7 @@ def bench_model(model: str, bag: Path, frames: int, executor_threads: int = 1) -
     e2e, inf = statistics.median(latency_ms) if latency_ms else float("nan"), statistics.median(bare)
     ratio = e2e / inf
     print(f"\nctrnet_node on {bag} (640x480 at 30 Hz, {n_images} images, {os.cpu_count()} CPUs), model {model}, "
-          f"executor_threads {executor_threads}")
+          f"executor_threads {executor_threads}, outline fit {'on' if outline else 'off'}")
     print("| metric | value |")
     print("|---|---:|")
     print(f"| frames processed | {processed} / {n_images} ({processed / max(n_images, 1):.0%}) |")
@@ -142,8 +149,8 @@ def bench_model(model: str, bag: Path, frames: int, executor_threads: int = 1) -
     print(f"| player lag behind schedule, worst | {played.max_lag_s * 1e3:.0f} ms |")
     if not latency_ms:
         print(f"bench_node: no TF was published, so no latency: {kv.get('last error', '?')}")
-    return 0, {"model": model, "threads": executor_threads, "processed": processed / max(n_images, 1), "e2e": e2e,
-               "bare": inf}
+    return 0, {"model": model, "threads": executor_threads, "outline": outline,
+               "processed": processed / max(n_images, 1), "e2e": e2e, "bare": inf}
 
 
 if __name__ == "__main__":
