@@ -40,3 +40,28 @@ def indexed_image(index, width=640, height=480):
     img = np.zeros((height, width, 3), np.uint8)
     img[..., 0], img[..., 1] = index % 256, index // 256
     return img
+
+
+def replay_stream(pipeline, det, traj, scene_at, *, duration, t0=0.0, joints_until=None):
+    """Interleave joint states (100 Hz, +3.7 ms) and images (30 Hz) in stamp order, like a bag, through
+    the same ReplayScheduler that ctrnet-eval uses. ``scene_at(t, q)`` gives the scene ``det`` is told
+    for the image at ``t`` (stored under the image's index); returns every FrameResult."""
+    from ctrnet_ros.core.pipeline import ReplayScheduler
+
+    ns = 1_000_000_000
+    joint_t = np.arange(0.0037 + t0, t0 + duration, 0.01)
+    if joints_until is not None:
+        joint_t = joint_t[joint_t < joints_until]
+    image_t = np.arange(t0, t0 + duration, 1 / 30)
+    events = sorted([(t, "j") for t in joint_t] + [(t, "i") for t in image_t])
+    replay = ReplayScheduler(pipeline)
+    results = []
+    for t, kind in events:
+        q = traj(t)
+        if kind == "j":
+            results += replay.joint_state(int(t * ns), list(q), list(q.values()))
+        else:
+            index = len(det.scenes)
+            det.scenes[index] = scene_at(t, q)
+            results += replay.image(indexed_image(index), int(t * ns))
+    return results + replay.flush()

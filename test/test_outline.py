@@ -11,7 +11,7 @@ import pytest
 from ctrnet_ros.core import se3
 from ctrnet_ros.core.camera import PinholeCamera
 from ctrnet_ros.core.estimator import CameraToRobotEstimator, Detection
-from ctrnet_ros.core.pipeline import CalibrationPipeline, PipelineConfig, ReplayScheduler
+from ctrnet_ros.core.pipeline import CalibrationPipeline, PipelineConfig
 from ctrnet_ros.core.silhouette import (MaskResampler, SilhouetteFitConfig, SilhouetteMesh, SilhouetteObservation,
                                         SilhouetteRefineConfig, SilhouetteRefiner, _fill, fit_silhouettes,
                                         mask_signed_distance, render_silhouette)
@@ -19,9 +19,8 @@ from ctrnet_ros.sim.randomize import smooth_joint_trajectory
 from ctrnet_ros.sim.recording import trajectory_bounds
 from ctrnet_ros.sim.viewpoints import ShellConfig, sample_camera_on_shell
 
-from oracle import indexed_image
+from oracle import replay_stream
 
-NS = 1_000_000_000
 CAM = PinholeCamera.from_fov(width=640, height=480, fovy_deg=50.0)
 
 
@@ -206,19 +205,8 @@ class OutlineOracle:
 
 
 def replay(pipe, det, panda, spec, traj, T, duration=6.0, t0=0.0):
-    replay = ReplayScheduler(pipe)
-    events = sorted([(t, "j") for t in np.arange(t0 + 0.0037, t0 + duration, 0.01)] +
-                    [(t, "i") for t in np.arange(t0, t0 + duration, 1 / 30)])
-    results = []
-    for t, kind in events:
-        q = traj(t)
-        if kind == "j":
-            results += replay.joint_state(int(t * NS), list(q), list(q.values()))
-        else:
-            index = len(det.scenes)
-            det.scenes[index] = (CAM, T, q, panda.keypoints_base(spec, q))
-            results += replay.image(indexed_image(index), int(t * NS))
-    return results + replay.flush()
+    return replay_stream(pipe, det, traj, lambda t, q: (CAM, T, q, panda.keypoints_base(spec, q)),
+                         duration=duration, t0=t0)
 
 
 def _error_mm(T_a, T_b):

@@ -11,7 +11,7 @@ from ctrnet_ros.sim.randomize import smooth_joint_trajectory
 from ctrnet_ros.sim.recording import trajectory_bounds
 from ctrnet_ros.sim.viewpoints import ShellConfig, sample_camera_on_shell
 
-from oracle import OracleDetector, indexed_image
+from oracle import OracleDetector, indexed_image, replay_stream
 
 def position_error(T_camera_base_a, T_camera_base_b):
     """Distance between the two camera positions in the base frame, metres."""
@@ -33,25 +33,9 @@ def scene(panda, panda_spec):
 
 
 def run(pipeline, det, panda, spec, traj, T_of_t, duration=10.0, joints_until=None, t0=0.0):
-    """Interleave joint states (100 Hz, +3.7 ms) and images (30 Hz) in stamp order, like a bag, through
-    the same ReplayScheduler that ctrnet-eval uses."""
-    joint_t = np.arange(0.0037 + t0, t0 + duration, 0.01)
-    if joints_until is not None:
-        joint_t = joint_t[joint_t < joints_until]
-    image_t = np.arange(t0, t0 + duration, 1 / 30)
-    events = sorted([(t, "j") for t in joint_t] + [(t, "i") for t in image_t])
-    replay = ReplayScheduler(pipeline)
-    results = []
-    for t, kind in events:
-        q = traj(t)
-        if kind == "j":
-            results += replay.joint_state(int(t * NS), list(q), list(q.values()))
-        else:
-            index = len(det.scenes)
-            det.scenes[index] = (CAM, T_of_t(t), panda.keypoints_base(spec, q))
-            results += replay.image(indexed_image(index), int(t * NS))
-    results += replay.flush()
-    return results
+    """The oracle's scenes (camera pose ``T_of_t(t)``) streamed like a bag (:func:`oracle.replay_stream`)."""
+    return replay_stream(pipeline, det, traj, lambda t, q: (CAM, T_of_t(t), panda.keypoints_base(spec, q)),
+                         duration=duration, t0=t0, joints_until=joints_until)
 
 
 def make(panda, spec, mode="static", noise=0.5):  # 0.5 input px = 1 camera px (640 -> 320)
