@@ -16,6 +16,7 @@ Skips (exit 0, with a message) when the model file is missing or the network is 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -67,6 +68,11 @@ def main(argv=None) -> int:
     ap.add_argument("--outline", nargs="+", choices=("on", "off"), default=["on"],
                     help="node parameter outline.enabled, each benchmarked in turn (on off: what the background "
                          "outline fit costs the frame rate)")
+    ap.add_argument("--spin-wait", nargs="+", choices=("on", "off"), default=["on"],
+                    help="node parameter inference_spin_wait, each benchmarked in turn (the bare inference "
+                         "always runs with onnxruntime's defaults: spinning, one thread per core)")
+    ap.add_argument("--inference-threads", type=int, nargs="+", default=[0],
+                    help="node parameter inference_threads, each benchmarked in turn (0: one per core)")
     args = ap.parse_args(argv)
     os.chdir(ROOT)
     models = args.model or ["models/panda_ctrnet.onnx"] + [m for m in ["models/panda_ctrnet_int8.onnx"]
@@ -82,32 +88,33 @@ def main(argv=None) -> int:
         return 0
     bag = ensure_sim_bag(args.bag, duration_s=10.0, seed=1, width=640, height=480, domain="train")
     rows = []
-    for model in models:
-        for threads in args.executor_threads:
-            for outline in args.outline:
-                status, row = bench_model(model, bag, args.frames, threads, outline=outline == "on")
-                if status:
-                    return status
-                rows.append(row)
+    for model, threads, outline, spin, inf_threads in itertools.product(
+            models, args.executor_threads, args.outline, args.spin_wait, args.inference_threads):
+        status, row = bench_model(model, bag, args.frames, threads, outline=outline == "on", spin_wait=spin == "on",
+                                  inference_threads=inf_threads)
+        if status:
+            return status
+        rows.append(row)
     if len(rows) > 1:
         print("\nSame run, against the first (= 1.00):")
-        print("| model | executor threads | outline fit | frames processed | median latency | bare inference |")
-        print("|---|---:|---|---:|---:|---:|")
+        print("| model | executor threads | outline fit | spin wait | inference threads | frames processed | "
+              "median latency | bare inference | overhead ratio |")
+        print("|---|---:|---|---|---:|---:|---:|---:|---:|")
         base = rows[0]
         for r in rows:
-            print(f"| {r['model']} | {r['threads']} | {'on' if r['outline'] else 'off'} | {r['processed']:.0%} | "
-                  f"{r['e2e'] / base['e2e']:.2f} | "
-                  f"{r['bare'] / base['bare']:.2f} |")
+            print(f"| {r['model']} | {r['threads']} | {'on' if r['outline'] else 'off'} | "
+                  f"{'on' if r['spin_wait'] else 'off'} | {r['inference_threads'] or 'default'} | {r['processed']:.0%} | "
+                  f"{r['e2e'] / base['e2e']:.2f} | {r['bare'] / base['bare']:.2f} | {r['e2e'] / r['bare']:.2f} |")
     return 0
 
 
 def bench_model(model: str, bag: Path, frames: int, executor_threads: int = 1, *,
-                outline: bool = True) -> tuple[int, dict]:
+                outline: bool = True, spin_wait: bool = True, inference_threads: int = 0) -> tuple[int, dict]:
     """One model through the node on the bag; prints its table. Returns (exit status, summary row)."""
     from ctrnet_ros.ros.replay_session import NodeProcessError, ReplaySession
 
     params = {"model": model, "static_when_converged": False, "executor_threads": executor_threads,
-              "outline.enabled": outline}
+              "outline.enabled": outline, "inference_spin_wait": spin_wait, "inference_threads": inference_threads}
     with ReplaySession(bag, params, log_path=ROOT / "build" / "bench" / "ctrnet_node.log") as session:
         try:
             session.wait_until_ready()
@@ -131,7 +138,8 @@ def bench_model(model: str, bag: Path, frames: int, executor_threads: int = 1, *
     e2e, inf = statistics.median(latency_ms) if latency_ms else float("nan"), statistics.median(bare)
     ratio = e2e / inf
     print(f"\nctrnet_node on {bag} (640x480 at 30 Hz, {n_images} images, {os.cpu_count()} CPUs), model {model}, "
-          f"executor_threads {executor_threads}, outline fit {'on' if outline else 'off'}")
+          f"executor_threads {executor_threads}, outline fit {'on' if outline else 'off'}, "
+          f"spin wait {'on' if spin_wait else 'off'}, inference threads {inference_threads or 'default'}")
     print("| metric | value |")
     print("|---|---:|")
     print(f"| frames processed | {processed} / {n_images} ({processed / max(n_images, 1):.0%}) |")
@@ -149,7 +157,8 @@ def bench_model(model: str, bag: Path, frames: int, executor_threads: int = 1, *
     print(f"| player lag behind schedule, worst | {played.max_lag_s * 1e3:.0f} ms |")
     if not latency_ms:
         print(f"bench_node: no TF was published, so no latency: {kv.get('last error', '?')}")
-    return 0, {"model": model, "threads": executor_threads, "outline": outline,
+    return 0, {"model": model, "threads": executor_threads, "outline": outline, "spin_wait": spin_wait,
+               "inference_threads": inference_threads,
                "processed": processed / max(n_images, 1), "e2e": e2e, "bare": inf}
 
 

@@ -180,3 +180,23 @@ def test_opencv_failures_become_pnp_errors():
     with pytest.raises(pnp.PnPError) as e:
         pnp.solve_pnp(X, same, cam)
     assert e.value.reason == "degenerate_geometry"
+
+
+def test_reprojection_jacobian_matches_finite_differences():
+    from ctrnet_ros.core.pnp import _residuals_and_jacobian, se3_exp
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(0.0, 0.3, (9, 3))
+    T = np.eye(4)
+    T[:3, :3] = se3.rvec_to_matrix([0.3, -0.2, 0.1])
+    T[:3, 3] = [0.1, -0.2, 2.0]
+    K = np.array([[600.0, 0, 320], [0, 610.0, 240], [0, 0, 1]])
+    uv, sw = rng.uniform(0, 600, (9, 2)), rng.uniform(0.2, 1.0, 9)
+    _, J = _residuals_and_jacobian(T, X, uv, K, sw)
+    J_num = np.zeros_like(J)
+    for i in range(6):
+        d = np.zeros(6)
+        d[i] = 1e-6
+        J_num[:, i] = (_residuals_and_jacobian(se3_exp(d) @ T, X, uv, K, sw)[0]
+                       - _residuals_and_jacobian(se3_exp(-d) @ T, X, uv, K, sw)[0]) / 2e-6
+    np.testing.assert_allclose(J, J_num, atol=1e-5 * np.abs(J).max())

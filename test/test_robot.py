@@ -46,6 +46,53 @@ def test_load_from_string_and_file_agree(panda_spec, rng):
         np.testing.assert_allclose(a[link], b[link], atol=1e-12)
 
 
+def _yourdfpy_link_poses(model, q, base):
+    """The reference: yourdfpy's own scene-graph forward kinematics."""
+    urdf = model._urdf
+    cfg = model.default_positions() | {k: v for k, v in q.items() if k in model.joint_names}
+    urdf.update_cfg(cfg)
+    T_base_root = se3.invert_transform(urdf.get_transform(base, urdf.base_link))
+    return {l: T_base_root @ urdf.get_transform(l, urdf.base_link) for l in model.link_names}
+
+
+def test_fk_matches_yourdfpy_on_panda(panda, rng):
+    for _ in range(10):
+        q = panda.sample_configuration(rng)
+        ours, ref = panda.link_poses(q), _yourdfpy_link_poses(panda, q, panda.base_link)
+        assert set(ours) == set(ref)
+        for link in ref:
+            np.testing.assert_allclose(ours[link], ref[link], atol=1e-12, err_msg=link)
+
+
+_MIXED_URDF = """<robot name="mixed">
+  <link name="world"/><link name="a"/><link name="b"/><link name="c"/><link name="d"/><link name="e"/>
+  <joint name="fix" type="fixed"><parent link="world"/><child link="a"/>
+    <origin xyz="0.1 -0.2 0.3" rpy="0.3 -0.2 0.1"/></joint>
+  <joint name="rev" type="revolute"><parent link="a"/><child link="b"/><origin xyz="0 0 0.4" rpy="0 0.5 0"/>
+    <axis xyz="1 2 2"/><limit lower="-3" upper="3" effort="1" velocity="1"/></joint>
+  <joint name="slide" type="prismatic"><parent link="b"/><child link="c"/><origin xyz="0.2 0 0"/>
+    <axis xyz="0 0.6 0.8"/><limit lower="-1" upper="1" effort="1" velocity="1"/></joint>
+  <joint name="follow" type="revolute"><parent link="c"/><child link="d"/><origin rpy="0.1 0.2 0.3"/>
+    <axis xyz="0 0 1"/><limit lower="-3" upper="3" effort="1" velocity="1"/>
+    <mimic joint="rev" multiplier="-0.5" offset="0.25"/></joint>
+  <joint name="spin" type="continuous"><parent link="a"/><child link="e"/><axis xyz="0 1 0"/></joint>
+</robot>"""
+
+
+def test_fk_matches_yourdfpy_on_mixed_joints():
+    # fixed, revolute about a non-unit axis, prismatic (unit axis: yourdfpy scales by a non-unit one, the
+    # URDF spec and KDL normalise it, as we do), mimic (multiplier and offset), continuous,
+    # poses expressed in a base link that is not the URDF root
+    model = RobotModel.from_urdf_string(_MIXED_URDF, base_link="b")
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        q = {"rev": rng.uniform(-3, 3), "slide": rng.uniform(-1, 1), "spin": rng.uniform(-6, 6)}
+        ours, ref = model.link_poses(q), _yourdfpy_link_poses(model, q, "b")
+        for link in ref:
+            np.testing.assert_allclose(ours[link], ref[link], atol=1e-12, err_msg=link)
+    assert model.chain_joints("d") == ["rev", "slide", "rev"]
+
+
 def test_mesh_paths_resolve(panda):
     meshes = panda.visual_meshes()
     assert len(meshes) >= 10

@@ -178,20 +178,22 @@ def _residuals_and_jacobian(T, X, uv, K, sw):
     P = X @ T[:3, :3].T + T[:3, 3]
     x, y, z = P[:, 0], P[:, 1], P[:, 2]
     fx, fy = K[0, 0], K[1, 1]
-    u = fx * x / z + K[0, 2]
-    v = fy * y / z + K[1, 2]
-    r = np.concatenate([(u - uv[:, 0]) * sw, (v - uv[:, 1]) * sw])
-    # d(u,v)/dP
     zi = 1.0 / z
-    du = np.stack([fx * zi, np.zeros_like(z), -fx * x * zi * zi], axis=1)
-    dv = np.stack([np.zeros_like(z), fy * zi, -fy * y * zi * zi], axis=1)
-    # dP/d(rho, phi) for P' = Exp(xi) P: [I, -skew(P)]
-    J = np.zeros((2 * len(X), 6))
-    for rows, d in ((slice(0, len(X)), du), (slice(len(X), None), dv)):
-        J[rows, :3] = d
-        # d(d . (phi x P))/dphi = P x d
-        J[rows, 3:] = np.stack([y * d[:, 2] - z * d[:, 1], z * d[:, 0] - x * d[:, 2], x * d[:, 1] - y * d[:, 0]], axis=1)
-        J[rows] *= np.concatenate([sw, sw])[rows, None]
+    xz, yz = x * zi, y * zi
+    n = len(X)
+    r = np.empty(2 * n)
+    r[:n] = (fx * xz + K[0, 2] - uv[:, 0]) * sw
+    r[n:] = (fy * yz + K[1, 2] - uv[:, 1]) * sw
+    # d(u, v)/dP = [[a, 0, c], [0, b, e]], and dP/d(rho, phi) = [I, -skew(P)] for P' = Exp(xi) P, so the
+    # rotation columns are P x d(u)/dP and P x d(v)/dP.
+    a, c = fx * zi * sw, -fx * xz * zi * sw
+    b, e = fy * zi * sw, -fy * yz * zi * sw
+    J = np.zeros((2 * n, 6))
+    Ju, Jv = J[:n], J[n:]
+    Ju[:, 0], Ju[:, 2] = a, c
+    Ju[:, 3], Ju[:, 4], Ju[:, 5] = y * c, z * a - x * c, -y * a
+    Jv[:, 1], Jv[:, 2] = b, e
+    Jv[:, 3], Jv[:, 4], Jv[:, 5] = y * e - z * b, -x * e, x * b
     return r, J
 
 

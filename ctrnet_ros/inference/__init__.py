@@ -57,10 +57,13 @@ class OnnxRuntimeDetector:
         providers: execution providers, in order; default: :data:`PROVIDER_PREFERENCE` filtered by
             what this onnxruntime build offers.
         intra_op_threads: ONNX Runtime intra-op threads (0 = its default, all cores).
+        spin_wait: let idle intra-op threads spin between tasks (ONNX Runtime's default). Spinning
+            shortens each inference a little on an idle machine but burns the cores that the process's
+            other threads (DDS, forward kinematics, PnP) and other processes need.
     """
 
     def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] | None = None,
-                 intra_op_threads: int = 0):
+                 intra_op_threads: int = 0, spin_wait: bool = True):
         import onnxruntime as ort
 
         path = Path(path)
@@ -78,6 +81,7 @@ class OnnxRuntimeDetector:
         options.log_severity_level = 3
         if intra_op_threads:
             options.intra_op_num_threads = int(intra_op_threads)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt/invalid files
@@ -147,7 +151,7 @@ class TorchDetector:
 
 
 def load_detector(path: str | os.PathLike, *, backend: str = "auto", device: str = "cpu",
-                  providers: Sequence[str] | None = None, intra_op_threads: int = 0):
+                  providers: Sequence[str] | None = None, intra_op_threads: int = 0, spin_wait: bool = True):
     """Load a keypoint model for inference.
 
     Args:
@@ -155,6 +159,8 @@ def load_detector(path: str | os.PathLike, *, backend: str = "auto", device: str
         backend: ``"auto"`` (by file suffix), ``"onnxruntime"`` or ``"torch"``.
         device: torch device (torch backend).
         providers: ONNX Runtime execution providers (onnxruntime backend); default automatic.
+        intra_op_threads, spin_wait: ONNX Runtime thread pool (see :class:`OnnxRuntimeDetector`);
+            for torch, ``intra_op_threads`` > 0 sets ``torch.set_num_threads``.
     Raises:
         ModelLoadError: missing/corrupt file, wrong backend for the file, missing metadata.
     """
@@ -169,5 +175,10 @@ def load_detector(path: str | os.PathLike, *, backend: str = "auto", device: str
         if not backend:
             raise ModelLoadError(f"cannot tell the backend from {path.name}; use .onnx, .pt or .pth, or set backend")
     if backend == "onnxruntime":
-        return OnnxRuntimeDetector(path, providers=providers, intra_op_threads=intra_op_threads)
+        return OnnxRuntimeDetector(path, providers=providers, intra_op_threads=intra_op_threads,
+                                   spin_wait=spin_wait)
+    if intra_op_threads > 0:
+        import torch
+
+        torch.set_num_threads(int(intra_op_threads))
     return TorchDetector(path, device=device)

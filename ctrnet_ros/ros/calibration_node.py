@@ -87,7 +87,8 @@ def _load_detector(config: NodeConfig):
     except ImportError as exc:
         raise NodeSetupError(f"ctrnet_ros.inference.load_detector is not available: {exc}") from exc
     return load_detector(config.model, backend=config.backend, device=config.device,
-                         providers=list(config.providers) or None)
+                         providers=list(config.providers) or None, intra_op_threads=config.inference_threads,
+                         spin_wait=config.inference_spin_wait)
 
 
 @dataclass

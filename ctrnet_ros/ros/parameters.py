@@ -82,6 +82,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
                                "providers for cuda)."),
     ParamSpec("providers", "", "onnxruntime execution providers, comma-separated, in priority order (empty: "
                                "automatic, TensorRT -> CUDA -> CPU as available)."),
+    ParamSpec("inference_threads", 0, "CPU threads of the network (onnxruntime intra-op pool, or torch's threads); "
+                                      "0: the backend's default, one per core.", range=(0, 64)),
+    ParamSpec("inference_spin_wait", True, "onnxruntime only: idle network threads spin between tasks (its "
+              "default). false: they sleep, which leaves the cores to the node's other threads and other "
+              "processes (see bench/bench_node.py --spin-wait)."),
     # -- robot ----------------------------------------------------------------------------------
     ParamSpec("robot", "panda", "Robot keypoint config: a built-in name (config/robots/<name>.yaml) or a path "
                                 "to such a YAML file."),
@@ -227,6 +232,8 @@ class NodeConfig:
     backend: str
     device: str
     providers: tuple[str, ...]
+    inference_threads: int
+    inference_spin_wait: bool
     robot: str
     robot_description: str
     image_topic: str
@@ -349,7 +356,8 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
                                 alpha=v["moving.alpha"])
     return NodeConfig(
         model=v["model"], backend=v["backend"], device=v["device"],
-        providers=split_providers(v["providers"]),
+        providers=split_providers(v["providers"]), inference_threads=v["inference_threads"],
+        inference_spin_wait=v["inference_spin_wait"],
         robot=v["robot"], robot_description=v["robot_description"], image_topic=v["image_topic"],
         camera_info_topic=v["camera_info_topic"] or default_camera_info_topic(v["image_topic"]),
         joint_states_topic=v["joint_states_topic"], compressed=v["compressed"], base_frame=v["base_frame"],
