@@ -180,6 +180,29 @@ def test_refiner_gates_and_resets(panda, mesh, scene):
     assert ref.finish(job, job.run()) is None and ref.num_frames == 0
 
 
+def test_refiner_schedule_doubles_then_steps(panda, mesh, scene):
+    # fits at 4 and 8 kept frames (growth 2), then after every 6 new frames (sooner than 16, the next
+    # doubling), also once the 16-frame window is full
+    traj, T = scene
+    tf = CAM.letterbox_transform(320, 240)
+    cfg = SilhouetteRefineConfig(min_frames=4, growth=2.0, every_frames=6, max_frames=16)
+    ref = SilhouetteRefiner(mesh, cfg)
+    Tbl = link_poses(panda, mesh, traj(0.0))
+    mask = cv2.resize(render_silhouette(mesh, T, Tbl, tf.scale_intrinsics(CAM.K), (320, 240)).astype(np.float32),
+                      (80, 60), interpolation=cv2.INTER_AREA)
+    fitted_at = []
+    for i in range(1, 31):
+        assert ref.add(mask, CAM, tf, Tbl, np.array([0.1 * i]))
+        if ref.due():
+            ref.start(T)
+            fitted_at.append(i)
+    assert fitted_at == [4, 8, 14, 20, 26]
+    ref.reset()  # after a reset the schedule starts again
+    for i in range(1, 5):
+        ref.add(mask, CAM, tf, Tbl, np.array([0.1 * i]))
+    assert ref.due()
+
+
 # --- through the pipeline ----------------------------------------------------------------------
 
 class OutlineOracle:

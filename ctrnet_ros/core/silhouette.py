@@ -536,7 +536,10 @@ class SilhouetteRefineConfig:
     smooth_px: float = 1.0  # smoothing of the distance fields, fit-frame pixels
     max_frames: int = 80  # frames kept (the oldest leaves); each costs ~0.25 MB and ~30 ms of each fit
     min_frames: int = 10  # frames needed for the first refinement
-    every_frames: int = 10  # refine again after this many new frames
+    growth: float = 2.0  # while the window fills, refine again once the kept frames grew by this factor
+    # since the last fit (10, 20, 40, 80 frames): each fit's cost grows with its frames, so fitting every
+    # few frames would keep a core busy for little new evidence
+    every_frames: int = 40  # once the window is full: refine again after this many new frames
     min_joint_distance: float = 0.05  # rad (L2): a frame this close to a kept one is not kept
     max_correction_m: float = 0.20  # a refined pose farther than this from the keypoint pose is refused...
     max_correction_deg: float = 8.0  # ...or rotated more than this (the shipped model's fused keypoint pose is
@@ -576,6 +579,7 @@ class SilhouetteRefiner:
         self._new = 0
         self.pose: RefinedPose | None = None
         self.refinements = 0  # accepted refinements since the last reset
+        self._fit_frames = 0  # frames in the last fit started since the last reset (0: none yet)
         self.last_detail = ""  # why the last refinement was refused, or ""
         self._generation = 0  # increments at every reset: results of older jobs are dropped
 
@@ -589,6 +593,7 @@ class SilhouetteRefiner:
         self._new = 0
         self.pose = None
         self.refinements = 0
+        self._fit_frames = 0
         self.last_detail = ""
 
     def add(self, prob: np.ndarray, camera: PinholeCamera, input_transform: ImageTransform,
@@ -615,9 +620,16 @@ class SilhouetteRefiner:
         return True
 
     def due(self) -> bool:
-        """Enough frames, and enough new ones since the last refinement."""
+        """Enough frames, and enough new ones since the last refinement (see ``growth``, ``every_frames``)."""
         cfg = self.config
-        return len(self._obs) >= cfg.min_frames and (self.refinements == 0 or self._new >= cfg.every_frames)
+        n = len(self._obs)
+        if n < cfg.min_frames or self._new == 0:
+            return False
+        if self._fit_frames == 0:
+            return True
+        if n < cfg.max_frames:
+            return n >= cfg.growth * self._fit_frames or self._new >= cfg.every_frames
+        return self._new >= cfg.every_frames
 
     def start(self, T_keypoints: np.ndarray) -> "RefineJob":
         """A refinement of the frames kept now, from the last accepted pose (or ``T_keypoints``, the
@@ -625,6 +637,7 @@ class SilhouetteRefiner:
         :meth:`finish`; frames added meanwhile wait for the next one."""
         cfg = self.config
         self._new = 0
+        self._fit_frames = len(self._obs)
         T_kp = np.asarray(T_keypoints, dtype=np.float64).copy()
         start = T_kp
         if self.pose is not None and _pose_change(self.pose.T_camera_base, T_kp) <= (cfg.max_correction_m,

@@ -170,7 +170,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("outline.max_frames", _O.max_frames, "Frames whose masks are kept for the fit (the oldest leaves).",
               range=(1, 1000)),
     ParamSpec("outline.min_frames", _O.min_frames, "Frames needed for the first outline fit.", range=(1, 1000)),
-    ParamSpec("outline.every_frames", _O.every_frames, "Fit again after this many new frames.", range=(1, 100000)),
+    ParamSpec("outline.growth", _O.growth, "While the window fills, fit again once the kept frames have grown by "
+              "this factor since the last fit (2: at 10, 20, 40, 80 frames); each fit costs time in proportion to "
+              "its frames.", range=(1.0, 100.0)),
+    ParamSpec("outline.every_frames", _O.every_frames, "Fit again after this many new frames (once the window is "
+              "full, or sooner than growth asks).", range=(1, 100000)),
     ParamSpec("outline.fit_width", _O.fit_width, "Width (pixels) of the undistorted image the outlines are compared "
               "in.", range=(32, 4096)),
     ParamSpec("outline.mesh_faces", _O.mesh_faces, "The visual meshes are decimated to about this many triangles.",
@@ -372,7 +376,7 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
         diagnostics_period_s=v["diagnostics_period_s"], fusion=fusion, moving=moving,
         outline=SilhouetteRefineConfig(
             enabled=v["outline.enabled"], max_frames=v["outline.max_frames"], min_frames=v["outline.min_frames"],
-            every_frames=v["outline.every_frames"], fit_width=v["outline.fit_width"],
+            growth=v["outline.growth"], every_frames=v["outline.every_frames"], fit_width=v["outline.fit_width"],
             mesh_faces=v["outline.mesh_faces"], max_correction_m=v["outline.max_correction_m"],
             max_correction_deg=v["outline.max_correction_deg"], keypoint_prior_m=v["outline.keypoint_prior_m"],
             keypoint_prior_deg=v["outline.keypoint_prior_deg"]),
