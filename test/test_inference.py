@@ -61,3 +61,16 @@ def test_bad_model_files(model_files, tmp_path):
         load_detector(model_files / "tiny.onnx", backend="tensorflow")
     with pytest.raises(ModelLoadError, match="not available"):
         OnnxRuntimeDetector(model_files / "tiny.onnx", providers=["NoSuchExecutionProvider"])
+
+
+def test_onnxruntime_thread_options(model_files):
+    image = np.random.default_rng(1).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    default = load_detector(model_files / "tiny.onnx")
+    quiet = load_detector(model_files / "tiny.onnx", intra_op_threads=1, spin_wait=False)
+    opts = quiet.session.get_session_options()
+    assert opts.intra_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert default.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    a, b = default.detect(image), quiet.detect(image)
+    np.testing.assert_allclose(a.keypoints_uv, b.keypoints_uv, atol=1e-5)
+    np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-6)
