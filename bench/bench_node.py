@@ -68,9 +68,10 @@ def main(argv=None) -> int:
     ap.add_argument("--outline", nargs="+", choices=("on", "off"), default=["on"],
                     help="node parameter outline.enabled, each benchmarked in turn (on off: what the background "
                          "outline fit costs the frame rate)")
-    ap.add_argument("--spin-wait", nargs="+", choices=("on", "off"), default=["on"],
-                    help="node parameter inference_spin_wait, each benchmarked in turn (the bare inference "
-                         "always runs with onnxruntime's defaults: spinning, one thread per core)")
+    ap.add_argument("--spin-wait", nargs="+", choices=("on", "off"), default=["off"],
+                    help="node parameter inference_spin_wait (default off, as the node's), each benchmarked in "
+                         "turn (the bare inference always runs with onnxruntime's own defaults: spinning, one "
+                         "thread per core, its fastest alone)")
     ap.add_argument("--inference-threads", type=int, nargs="+", default=[0],
                     help="node parameter inference_threads, each benchmarked in turn (0: one per core)")
     args = ap.parse_args(argv)

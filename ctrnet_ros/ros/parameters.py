@@ -84,9 +84,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
                                "automatic, TensorRT -> CUDA -> CPU as available)."),
     ParamSpec("inference_threads", 0, "CPU threads of the network (onnxruntime intra-op pool, or torch's threads); "
                                       "0: the backend's default, one per core.", range=(0, 64)),
-    ParamSpec("inference_spin_wait", True, "onnxruntime only: idle network threads spin between tasks (its "
-              "default). false: they sleep, which leaves the cores to the node's other threads and other "
-              "processes (see bench/bench_node.py --spin-wait)."),
+    ParamSpec("inference_spin_wait", False, "onnxruntime only: idle network threads spin between tasks "
+              "(onnxruntime's own default). false: they sleep, which leaves the cores to the node's other threads "
+              "and to the camera driver; on a 2-core host that processed more frames (bench/bench_node.py "
+              "--spin-wait on off)."),
     # -- robot ----------------------------------------------------------------------------------
     ParamSpec("robot", "panda", "Robot keypoint config: a built-in name (config/robots/<name>.yaml) or a path "
                                 "to such a YAML file."),
