@@ -110,7 +110,6 @@ class CalibrationPipeline:
         self._background = bool(refine_in_background)
         self._executor: ProcessPoolExecutor | None = None
         self._job: tuple[RefineJob, Future] | None = None
-        self._chains: tuple | None = None  # (robot, links, needed, joint names): see _outline_chains
         self.set_silhouette_mesh(silhouette_mesh)
 
     def close(self) -> None:
@@ -239,8 +238,8 @@ class CalibrationPipeline:
         t0 = time.perf_counter()
         robot = self.estimator.robot
         links = refiner.mesh.links
-        needed, joint_names = self._outline_chains(robot, links)
-        query = self.joints.at(stamp_ns, joint_names)
+        needed = {link: robot.chain_joints(link) for link in links}
+        query = self.joints.at(stamp_ns, sorted({j for js in needed.values() for j in js}))
         valid = np.array([all(j in query.positions for j in needed[link]) for link in links])
         if not valid.any():
             return
@@ -266,14 +265,6 @@ class CalibrationPipeline:
             else:
                 refiner.finish(job, job.run())
         est.timings_ms["silhouette"] = (time.perf_counter() - t0) * 1e3
-
-    def _outline_chains(self, robot, links) -> tuple[dict[str, list[str]], list[str]]:
-        """({link: the joints placing it}, all of those joints), once per robot model and mesh."""
-        c = self._chains
-        if c is None or c[0] is not robot or c[1] != tuple(links):
-            needed = {link: robot.chain_joints(link) for link in links}
-            c = self._chains = (robot, tuple(links), needed, sorted({j for js in needed.values() for j in js}))
-        return c[2], c[3]
 
     def _refined(self, state: FusionState) -> FusionState:
         """``state`` with the outline-refined pose in place of the keypoint pose, when there is one."""

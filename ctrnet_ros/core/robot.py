@@ -201,20 +201,9 @@ class VisualMesh:
     rgba: tuple[float, float, float, float] | None = None  # URDF material colour, if any
 
 
-def _axis_angle_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
-    """(3, 3) rotation by ``angle`` (radians) about the unit ``axis`` (Rodrigues)."""
-    x, y, z = axis
-    c, s = math.cos(angle), math.sin(angle)
-    C = 1.0 - c
-    return np.array([[c + x * x * C, x * y * C - z * s, x * z * C + y * s],
-                     [y * x * C + z * s, c + y * y * C, y * z * C - x * s],
-                     [z * x * C - y * s, z * y * C + x * s, c + z * z * C]])
-
-
 @dataclass(frozen=True)
 class _ChainJoint:
     """A URDF joint as forward kinematics needs it (from yourdfpy's parse)."""
-    name: str
     parent: str  # parent link
     origin: np.ndarray  # (4, 4) T_parent_joint
     motion: str  # "revolute" (also continuous), "prismatic", or "none" (fixed; floating/planar as yourdfpy)
@@ -259,7 +248,9 @@ class RobotModel:
         #: joints whose positions the model takes as input (excludes fixed and mimic joints)
         self.joint_names: list[str] = list(urdf.actuated_joint_names)
         self._parent_joint = {j.child: j for j in urdf.robot.joints}
-        self._chain_joints: dict[str, _ChainJoint | None] = {}  # link -> the joint placing it, built on first use
+        # link -> the joint placing it in its parent (the root has none), for forward kinematics
+        self._fk_joints: dict[str, _ChainJoint] = {child: self._chain_joint(j) for child, j in self._parent_joint.items()}
+        self._chains: dict[str, list[str]] = {}  # link -> chain_joints(link), filled on first use
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -322,15 +313,18 @@ class RobotModel:
 
     def chain_joints(self, link: str) -> list[str]:
         """Actuated joints between the URDF root and ``link`` (the ones its pose depends on)."""
-        self._check_link(link)
-        out = []
-        while link in self._parent_joint:
-            j = self._parent_joint[link]
-            info = self.joints[j.name]
-            if info.type != "fixed":
-                out.append(info.mimic or j.name)
-            link = j.parent
-        return out[::-1]
+        chain = self._chains.get(link)
+        if chain is None:  # the URDF never changes: walk the tree once per link
+            self._check_link(link)
+            out, child = [], link
+            while child in self._parent_joint:
+                j = self._parent_joint[child]
+                info = self.joints[j.name]
+                if info.type != "fixed":
+                    out.append(info.mimic or j.name)
+                child = j.parent
+            chain = self._chains[link] = out[::-1]
+        return list(chain)
 
     def required_joints(self, links: Iterable[str]) -> list[str]:
         """Actuated joints needed to place every link in ``links`` relative to the base link."""
@@ -400,35 +394,28 @@ class RobotModel:
         T_base_root = se3.invert_transform(self._root_transform(self.base_link, cfg, memo))
         return {l: T_base_root @ self._root_transform(l, cfg, memo) for l in links}
 
-    def _joint(self, link: str) -> _ChainJoint | None:
-        """The joint that places ``link`` in its parent (None for the root), as forward kinematics needs it."""
-        if link in self._chain_joints:
-            return self._chain_joints[link]
-        j = self._parent_joint.get(link)
-        out = None
-        if j is not None:
-            motion = {"revolute": "revolute", "continuous": "revolute", "prismatic": "prismatic"}.get(j.type, "none")
-            axis = np.array([1.0, 0.0, 0.0]) if j.axis is None else np.asarray(j.axis, dtype=np.float64)
-            norm = float(np.linalg.norm(axis))
-            if motion != "none" and norm < 1e-12:
-                raise RobotModelError(f"joint {j.name!r} has a zero-length axis")
-            source, mult, off = j.name, 1.0, 0.0
-            if j.mimic is not None:
-                source = j.mimic.joint
-                mult = 1.0 if j.mimic.multiplier is None else float(j.mimic.multiplier)
-                off = 0.0 if j.mimic.offset is None else float(j.mimic.offset)
-            out = _ChainJoint(name=j.name, parent=j.parent,
-                              origin=np.eye(4) if j.origin is None else np.asarray(j.origin, dtype=np.float64),
-                              motion=motion, axis=axis / max(norm, 1e-12), source=source, multiplier=mult, offset=off)
-        self._chain_joints[link] = out
-        return out
+    @staticmethod
+    def _chain_joint(j) -> _ChainJoint:
+        """A yourdfpy joint as :meth:`_root_transform` needs it."""
+        motion = {"revolute": "revolute", "continuous": "revolute", "prismatic": "prismatic"}.get(j.type, "none")
+        axis = np.array([1.0, 0.0, 0.0]) if j.axis is None else np.asarray(j.axis, dtype=np.float64)
+        norm = float(np.linalg.norm(axis))
+        if motion != "none" and norm < 1e-12:
+            raise RobotModelError(f"joint {j.name!r} has a zero-length axis")
+        source, mult, off = j.name, 1.0, 0.0
+        if j.mimic is not None:
+            source = j.mimic.joint
+            mult = 1.0 if j.mimic.multiplier is None else float(j.mimic.multiplier)
+            off = 0.0 if j.mimic.offset is None else float(j.mimic.offset)
+        return _ChainJoint(parent=j.parent, origin=np.eye(4) if j.origin is None else np.asarray(j.origin, dtype=np.float64),
+                           motion=motion, axis=axis / max(norm, 1e-12), source=source, multiplier=mult, offset=off)
 
     def _root_transform(self, link: str, cfg: Mapping[str, float], memo: dict[str, np.ndarray]) -> np.ndarray:
         """T_root_link at joint positions ``cfg``; ``memo`` holds the links already placed in this call."""
         T = memo.get(link)
         if T is not None:
             return T
-        j = self._joint(link)
+        j = self._fk_joints.get(link)
         if j is None:
             T = np.eye(4)
         else:
@@ -439,7 +426,7 @@ class RobotModel:
                 if j.motion == "prismatic":
                     M[:3, 3] = q * j.axis
                 else:
-                    M[:3, :3] = _axis_angle_matrix(j.axis, q)
+                    M[:3, :3] = se3.rvec_to_matrix(q * j.axis)
                 T = T @ M
         memo[link] = T
         return T

@@ -625,11 +625,9 @@ class SilhouetteRefiner:
         n = len(self._obs)
         if n < cfg.min_frames or self._new == 0:
             return False
-        if self._fit_frames == 0:
+        if self._fit_frames == 0 or self._new >= cfg.every_frames:
             return True
-        if n < cfg.max_frames:
-            return n >= cfg.growth * self._fit_frames or self._new >= cfg.every_frames
-        return self._new >= cfg.every_frames
+        return n < cfg.max_frames and n >= cfg.growth * self._fit_frames  # the window is still filling
 
     def start(self, T_keypoints: np.ndarray) -> "RefineJob":
         """A refinement of the frames kept now, from the last accepted pose (or ``T_keypoints``, the
