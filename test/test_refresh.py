@@ -240,3 +240,45 @@ def test_agreement_weighting_ignores_renders_that_do_not_resemble_the_mask(panda
         return float(t.silhouette.detach())
 
     assert silhouette(False) > 0.0 and silhouette(True) == 0.0
+
+
+def test_ignore_links_removes_what_the_mask_misses_from_the_silhouette_loss(panda, renderer, tmp_path):
+    """A mask that misses the gripper (as the model's does on shiny fingers) penalises a correct pose;
+    with the gripper links ignored (their render, dilated) the correct pose costs almost nothing."""
+    spec, robot = panda
+    X, links, heat, hm_size = _exact_heatmaps(panda, renderer)
+    B = X.shape[0]
+    render_size = (80, 60)  # masks at the render's size: no resampling blur in the comparison
+    K_mask = torch.from_numpy(np.stack([CAMERA.transformed(CAMERA.resize_transform(*render_size)).K] * B)).float()
+    T_true = torch.from_numpy(np.stack([T_CAMERA_BASE] * B)).float()
+    gripper = ("panda_hand", "panda_leftfinger", "panda_rightfinger")
+    arm = [name for name in renderer.links if name not in gripper]
+    arm_renderer = SilhouetteRenderer(RobotMeshSet.from_robot(robot, max_faces=3000, links=arm), sigma=0.4)
+    arm_index = torch.tensor([list(renderer.links).index(name) for name in arm])
+    with torch.no_grad():
+        arm_only = arm_renderer(T_true, links[:, arm_index].float(), K_mask, image_size=render_size)
+        whole = renderer(T_true, links.float(), K_mask, image_size=render_size)
+    full_mask = torch.logit(whole.clamp(1e-4, 1 - 1e-4))[:, None]
+    no_gripper = torch.logit(arm_only.clamp(1e-4, 1 - 1e-4))[:, None]
+    grip_renderer = SilhouetteRenderer(RobotMeshSet.from_robot(robot, max_faces=3000, links=gripper), sigma=0.4)
+    grip_index = torch.tensor([list(renderer.links).index(name) for name in gripper])
+
+    def silhouette(mask_logits, ignore) -> float:
+        t = self_supervised_losses(heat, mask_logits, keypoints_base=X, T_base_link=links, cameras=[CAMERA] * B,
+                                   renderer=renderer, config=RefreshConfig(max_rmse_px=50.0), heatmap_stride=STRIDE,
+                                   heatmaps_are_logits=True, render_size=render_size, ignore=ignore)
+        assert bool(t.ok.all())
+        return float(t.silhouette.detach())
+
+    ignore = (grip_renderer, grip_index)
+    # the missing gripper costs the correct pose without ignore_links...
+    cost = silhouette(no_gripper, None) - silhouette(full_mask, None)
+    assert cost > 0.0
+    # ...and (almost) nothing with it: whether the mask sees the gripper no longer matters
+    assert abs(silhouette(no_gripper, ignore) - silhouette(full_mask, ignore)) < 0.05 * cost
+
+    with pytest.raises(RefreshError, match="ignore_links"):
+        refresh(RefreshConfig(init=str(_tiny_init_checkpoint(tmp_path / "init.pt", spec)), out_dir=str(tmp_path / "r"),
+                              steps=1, ignore_links=("panda_tail",), device="cpu"),
+                samples=[_Sample(np.zeros((96, 128, 3), np.uint8), PinholeCamera.from_fov(width=128, height=96, fovy_deg=50.0),
+                                 CONFIGS[0])], progress=False)

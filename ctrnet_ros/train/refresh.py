@@ -100,6 +100,11 @@ class RefreshConfig:
     agreement_weighting: bool = False  # also weight the silhouette loss by render/mask agreement (ramp 0.3 -> 0.7 IoU)
     mask_target: str = "teacher"  # silhouette target: "teacher" (the initial model's mask, frozen) or "student"
     target_confidence: float = 0.0  # silhouette loss only where the target is this sure, |2p - 1| (0: everywhere)
+    # Links whose rendered region (dilated by ignore_margin_px render pixels) the silhouette loss skips:
+    # parts the predicted mask misses (the Panda's thin, shiny gripper), which otherwise pull the
+    # keypoints inwards. The mask refinement still sees them. Empty: every pixel counts.
+    ignore_links: tuple[str, ...] = ()
+    ignore_margin_px: int = 2
     adapt_bn: bool = True  # first re-estimate BatchNorm statistics on the collection (AdaBN), no labels needed
     freeze_bn: bool = True  # BatchNorm in eval mode during the gradient steps (statistics stay as adapted)
     render_scale: float = 0.5  # silhouette rendered at this fraction of the network input size
@@ -286,7 +291,8 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
                            T_base_link: torch.Tensor, cameras: Sequence[PinholeCamera], renderer: torch.nn.Module,
                            config: RefreshConfig, heatmap_stride: int, heatmaps_are_logits: bool,
                            render_size: tuple[int, int], pnp_config: PnPConfig = PnPConfig(),
-                           target_mask: torch.Tensor | None = None) -> SelfSupervisedTerms:
+                           target_mask: torch.Tensor | None = None,
+                           ignore: tuple[torch.nn.Module, torch.Tensor] | None = None) -> SelfSupervisedTerms:
     """CtRNet's self-supervised losses for one batch (see the module docstring).
 
     Args:
@@ -299,6 +305,9 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
         render_size: (w, h) of the rendered silhouette (the mask is resized to it).
         target_mask: (B, 1, h', w') mask logits the silhouette must match instead of ``mask_logits``
             (the frozen initial model's: a target that cannot drift with the network being trained).
+        ignore: (renderer of ``config.ignore_links``, their indices in ``T_base_link``'s link axis): the
+            silhouette loss skips the region they render to at the current pose, dilated by
+            ``config.ignore_margin_px``.
     """
     device = heatmaps.device
     hm = heatmaps.float()
@@ -325,6 +334,14 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
         sil = renderer(T.float(), T_base_link.float(), K_r.float(), image_size=(rw, rh))  # (B, rh, rw)
         # pixels the target is unsure about do not count (target_confidence 0: every pixel does)
         sure = ((2.0 * target - 1.0).abs() >= config.target_confidence).float()
+        if ignore is not None:
+            ig_renderer, ig_index = ignore
+            with torch.no_grad():
+                ig = ig_renderer(T.detach().float(), T_base_link[:, ig_index].float(), K_r.float(), image_size=(rw, rh))
+                m = max(0, int(config.ignore_margin_px))
+                if m:
+                    ig = F.max_pool2d(ig[:, None], kernel_size=2 * m + 1, stride=1, padding=m)[:, 0]
+            sure = sure * (1.0 - ig)
         per_sil = (sure * (sil - target) ** 2).sum(dim=(1, 2)) / sure.sum(dim=(1, 2)).clamp_min(1.0)
         per_ref = F.binary_cross_entropy_with_logits(m_logits, sil.detach(), reduction="none").mean(dim=(1, 2))
         sil_np, mask_np = sil.detach().cpu().numpy(), target.cpu().numpy()
@@ -451,6 +468,14 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
     meshes = RobotMeshSet.from_robot(robot, max_faces=config.max_faces)
     renderer = SilhouetteRenderer(meshes, sigma=config.render_sigma_px).to(device)
     rw, rh = (max(8, int(round(v * config.render_scale))) for v in input_size)
+    ignore = None
+    if config.ignore_links:
+        unknown = [name for name in config.ignore_links if name not in meshes.links]
+        if unknown:
+            raise RefreshError(f"ignore_links {unknown} are not among the rendered links {list(meshes.links)}")
+        ig_meshes = RobotMeshSet.from_robot(robot, max_faces=config.max_faces, links=list(config.ignore_links))
+        ignore = (SilhouetteRenderer(ig_meshes, sigma=config.render_sigma_px).to(device),
+                  torch.tensor([meshes.links.index(name) for name in config.ignore_links], device=device))
 
     ds = CollectionImages(samples, robot=robot, spec=spec, links=meshes.links, input_size=input_size,
                           augment=config.augment, seed=config.seed)
@@ -561,7 +586,7 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
                 raw["heatmaps"], raw["mask_logits"], keypoints_base=batch["keypoints_base"].to(device),
                 T_base_link=batch["T_base_link"].to(device), cameras=cams, renderer=renderer, config=config,
                 heatmap_stride=stride, heatmaps_are_logits=bool(model.heatmaps_are_logits), render_size=(rw, rh),
-                pnp_config=pnp_config, target_mask=target_mask)
+                pnp_config=pnp_config, target_mask=target_mask, ignore=ignore)
             loss, l_sil, l_ref, ok, w, res = (terms.loss, terms.silhouette, terms.mask_refine, terms.ok,
                                               terms.weight, terms.pnp)
             ious = terms.ious
