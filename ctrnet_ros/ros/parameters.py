@@ -178,6 +178,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "full, or sooner than growth asks).", range=(1, 100000)),
     ParamSpec("outline.fit_width", _O.fit_width, "Width (pixels) of the undistorted image the outlines are compared "
               "in.", range=(32, 4096)),
+    ParamSpec("outline.mask_threshold", _O.mask_threshold, "Mask probability taken as the robot's outline (above "
+              "0.5 moves the measured outline inwards). 0.5 suits a calibrated mask; see "
+              "docs/results/outline_threshold.md before changing it.", range=(0.01, 0.99)),
     ParamSpec("outline.mesh_faces", _O.mesh_faces, "The visual meshes are decimated to about this many triangles.",
               range=(100, 1000000)),
     ParamSpec("outline.max_correction_m", _O.max_correction_m, "An outline fit that moves the camera farther than "
@@ -378,7 +381,8 @@ def declare_and_read(node, *, model_required: bool = True) -> NodeConfig:
         outline=SilhouetteRefineConfig(
             enabled=v["outline.enabled"], max_frames=v["outline.max_frames"], min_frames=v["outline.min_frames"],
             growth=v["outline.growth"], every_frames=v["outline.every_frames"], fit_width=v["outline.fit_width"],
-            mesh_faces=v["outline.mesh_faces"], max_correction_m=v["outline.max_correction_m"],
+            mesh_faces=v["outline.mesh_faces"], mask_threshold=v["outline.mask_threshold"],
+            max_correction_m=v["outline.max_correction_m"],
             max_correction_deg=v["outline.max_correction_deg"], keypoint_prior_m=v["outline.keypoint_prior_m"],
             keypoint_prior_deg=v["outline.keypoint_prior_deg"]),
         outline_background=v["outline.background"])
