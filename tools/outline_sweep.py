@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BAG_SEEDS = {"bag_seed2": 2, "bag_seed3": 3}
 
 
 def replay(bag: Path, refine, *, keep: float, seed: int) -> list[float]:
@@ -70,9 +71,9 @@ def main(argv=None) -> int:
     errs = []
     for bag in args.bags:
         path = ROOT / bag
-        for seed in (2, 3):  # the default bags are recorded on first use (rosbags, no ROS)
-            if path.name == f"bag_seed{seed}":
-                ensure_sim_bag(path, duration_s=10.0, seed=seed, width=640, height=480, domain="train")
+        if path.name in DEFAULT_BAG_SEEDS:  # the default bags are recorded on first use (rosbags, no ROS)
+            ensure_sim_bag(path, duration_s=10.0, seed=DEFAULT_BAG_SEEDS[path.name], width=640, height=480,
+                           domain="train")
         for keep, seed in ((1.0, 0), (0.5, 0), (0.5, 1)):
             e = replay(path, refine, keep=keep, seed=seed)
             errs.append(e)

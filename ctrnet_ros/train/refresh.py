@@ -292,7 +292,7 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
                            config: RefreshConfig, heatmap_stride: int, heatmaps_are_logits: bool,
                            render_size: tuple[int, int], pnp_config: PnPConfig = PnPConfig(),
                            target_mask: torch.Tensor | None = None,
-                           ignore: tuple[torch.nn.Module, torch.Tensor] | None = None) -> SelfSupervisedTerms:
+                           ignore: torch.nn.Module | None = None) -> SelfSupervisedTerms:
     """CtRNet's self-supervised losses for one batch (see the module docstring).
 
     Args:
@@ -305,9 +305,9 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
         render_size: (w, h) of the rendered silhouette (the mask is resized to it).
         target_mask: (B, 1, h', w') mask logits the silhouette must match instead of ``mask_logits``
             (the frozen initial model's: a target that cannot drift with the network being trained).
-        ignore: (renderer of ``config.ignore_links``, their indices in ``T_base_link``'s link axis): the
-            silhouette loss skips the region they render to at the current pose, dilated by
-            ``config.ignore_margin_px``.
+        ignore: a renderer of ``config.ignore_links`` alone (``renderer``'s links, see
+            :meth:`RobotMeshSet.only`): the silhouette loss skips the region they render to at the current
+            pose, dilated by ``config.ignore_margin_px``.
     """
     device = heatmaps.device
     hm = heatmaps.float()
@@ -335,9 +335,8 @@ def self_supervised_losses(heatmaps: torch.Tensor, mask_logits: torch.Tensor, *,
         # pixels the target is unsure about do not count (target_confidence 0: every pixel does)
         sure = ((2.0 * target - 1.0).abs() >= config.target_confidence).float()
         if ignore is not None:
-            ig_renderer, ig_index = ignore
             with torch.no_grad():
-                ig = ig_renderer(T.detach().float(), T_base_link[:, ig_index].float(), K_r.float(), image_size=(rw, rh))
+                ig = ignore(T.detach().float(), T_base_link.float(), K_r.float(), image_size=(rw, rh))
                 m = max(0, int(config.ignore_margin_px))
                 if m:
                     ig = F.max_pool2d(ig[:, None], kernel_size=2 * m + 1, stride=1, padding=m)[:, 0]
@@ -470,12 +469,10 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
     rw, rh = (max(8, int(round(v * config.render_scale))) for v in input_size)
     ignore = None
     if config.ignore_links:
-        unknown = [name for name in config.ignore_links if name not in meshes.links]
-        if unknown:
-            raise RefreshError(f"ignore_links {unknown} are not among the rendered links {list(meshes.links)}")
-        ig_meshes = RobotMeshSet.from_robot(robot, max_faces=config.max_faces, links=list(config.ignore_links))
-        ignore = (SilhouetteRenderer(ig_meshes, sigma=config.render_sigma_px).to(device),
-                  torch.tensor([meshes.links.index(name) for name in config.ignore_links], device=device))
+        try:
+            ignore = SilhouetteRenderer(meshes.only(config.ignore_links), sigma=config.render_sigma_px).to(device)
+        except ValueError as exc:
+            raise RefreshError(f"ignore_links: {exc}") from exc
 
     ds = CollectionImages(samples, robot=robot, spec=spec, links=meshes.links, input_size=input_size,
                           augment=config.augment, seed=config.seed)

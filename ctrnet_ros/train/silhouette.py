@@ -94,6 +94,19 @@ class RobotMeshSet:
     def num_faces(self) -> int:
         return int(self.faces.shape[0])
 
+    def only(self, links: Sequence[str]) -> "RobotMeshSet":
+        """The faces of ``links`` alone. The link list (and so a renderer's ``T_base_link``) is unchanged.
+
+        Raises:
+            ValueError: a name that is not one of :attr:`links`.
+        """
+        unknown = [name for name in links if name not in self.links]
+        if unknown:
+            raise ValueError(f"links {unknown} are not among the mesh links {list(self.links)}")
+        keep = torch.isin(self.face_link, torch.tensor([self.links.index(name) for name in links]))
+        return RobotMeshSet(links=self.links, vertices=self.vertices, vertex_link=self.vertex_link,
+                            faces=self.faces[keep], face_link=self.face_link[keep])
+
     @property
     def num_vertices(self) -> int:
         return int(self.vertices.shape[0])
