@@ -76,14 +76,58 @@ def test_bump_is_detected_and_reconverges(panda, panda_spec, rng):
     assert se3.rotation_error_deg(st.T_camera_base, T2) < 0.1
 
 
-def test_duplicate_configurations_do_not_inflate_the_window(panda, panda_spec, rng):
+def test_a_bump_needs_disagreement_from_distinct_configurations(panda, panda_spec, rng):
+    T1 = camera_pose(rng)
+    T2 = se3.make_transform(se3.rvec_to_matrix(np.radians([0.0, 2.0, 1.0])), [0.03, -0.02, 0.01]) @ T1
+    fusion = StaticCameraFusion(CAM)
+    for _ in range(60):
+        fusion.update(*frame(rng, panda, panda_spec, T1)[:2])
+    # The camera moved while the robot stands still: one configuration, disagreeing 3x bump_frames times,
+    # is not yet evidence enough to throw the calibration away (it could as well be a biased detection).
+    corr, q, single = frame(rng, panda, panda_spec, T2)
+    for _ in range(3 * fusion.config.bump_frames):
+        st = fusion.update(corr, q, single=single)
+        assert not st.bumped and not st.agreed
+    assert position_error(st.T_camera_base, T1) < 0.002
+    # Once it moves, the streak spans distinct configurations and the bump is taken.
+    bumped_at = None
+    for i in range(60):
+        corr, q, single = frame(rng, panda, panda_spec, T2)
+        st = fusion.update(corr, q, single=single)
+        if st.bumped:
+            bumped_at = i
+    assert bumped_at == fusion.config.min_frames - 2  # the standing frames count as one configuration
+    assert position_error(st.T_camera_base, T2) < 0.002
+
+
+def test_a_robot_standing_still_is_not_calibrated_until_it_moves(panda, panda_spec, rng):
     T = camera_pose(rng)
     fusion = StaticCameraFusion(CAM)
     corr, q, _ = frame(rng, panda, panda_spec, T)
     for _ in range(20):
         st = fusion.update(corr, q)
-    # A robot standing still fills the window up to min_frames (so it is calibrated), no further.
+    # One configuration seen 20 times is one piece of evidence: kept once, and no pose reported.
+    assert st.num_frames == 1 and st.T_camera_base is None
+    for _ in range(fusion.config.min_frames - 1):
+        st = fusion.update(*frame(rng, panda, panda_spec, T)[:2])
     assert st.num_frames == fusion.config.min_frames and st.T_camera_base is not None
+    assert position_error(st.T_camera_base, T) < 0.01
+
+
+def test_a_wrong_fit_repeated_by_a_standing_robot_is_never_reported(panda, panda_spec, rng):
+    # The robot stands still and its keypoints fit a pose far from the truth (as PnP's mirrored
+    # solution does); the frames after it moves are right. Nothing wrong may be published meanwhile.
+    T = camera_pose(rng)
+    T_wrong = se3.make_transform(se3.rvec_to_matrix(np.radians([0.0, 4.0, 0.0])), [0.0, 0.0, 0.3]) @ T
+    corr, q, _ = frame(rng, panda, panda_spec, T_wrong)
+    fusion = StaticCameraFusion(CAM)
+    states = []
+    for _ in range(10):
+        states.append(fusion.update(corr, q))
+    for _ in range(10):
+        states.append(fusion.update(*frame(rng, panda, panda_spec, T)[:2]))
+    reported = [s.T_camera_base for s in states if s.T_camera_base is not None]
+    assert reported and all(position_error(Tr, T) < 0.01 for Tr in reported)
 
 
 def test_camera_change_resets(panda, panda_spec, rng):

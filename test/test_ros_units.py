@@ -137,6 +137,10 @@ def test_diagnostic_levels():
     kv = {v.key: v.value for v in st.values}
     assert st.level == DiagnosticStatus.OK and st.message.startswith("converged: 25 frames fused")
     assert kv["error counts"] == "bad_image: 1, robot_not_visible: 1" and kv["last error"].startswith("robot_not")
+    st = stats.report(name="n: c", hardware_id="cam", image_topic="/img",
+                      summary=CalibrationSummary(fused_frames=1, collecting="1 of 3"))
+    assert st.level == DiagnosticStatus.OK and st.message.startswith("collecting: 1 of 3 distinct robot configurations")
+    assert {v.key: v.value for v in st.values}["collecting configurations"] == "1 of 3"
 
 
 @pytest.mark.skipif(os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST",

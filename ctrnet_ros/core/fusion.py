@@ -3,12 +3,19 @@
 Static camera
     A fixed camera sees one ``T_camera_base`` while the robot moves. We keep a window of frames
     with *diverse* joint configurations (a new frame too close in joint space to a kept one is
-    skipped once ``min_frames`` frames are in) and solve one multi-frame PnP over all of them
+    skipped) and solve one multi-frame PnP over all of them
     (:func:`~ctrnet_ros.core.pnp.solve_pnp_multiframe`, started from the current estimate).
+
+    A fused pose is reported only once ``min_frames`` *distinct* configurations agree on it. One
+    configuration seen many times is one piece of evidence: its keypoints can fit a mirrored pose
+    metres away as well as the true one (PnP's planar ambiguity), and repeating it would only
+    repeat the mistake. So a robot standing still is not calibrated until it moves; until then the
+    state says how many distinct configurations there are.
 
     Bump detection: once fused, every new frame's keypoints are also reprojected under the fused
     pose. A frame *disagrees* when that error exceeds ``bump_threshold_px`` while the frame's own
-    single-frame fit is good. ``bump_frames`` consecutive disagreeing frames mean the camera moved:
+    single-frame fit is good. ``bump_frames`` consecutive disagreeing frames, spanning at least
+    ``min_frames`` distinct configurations, mean the camera moved:
     the window is replaced by those frames and fusion re-converges from there. An agreeing frame
     clears the streak, so isolated bad detections never reset a good calibration.
 
@@ -34,7 +41,7 @@ __all__ = ["FusionConfig", "FusionState", "StaticCameraFusion", "MovingFilterCon
 @dataclass(frozen=True)
 class FusionConfig:
     max_frames: int = 300  # frames kept in the window (oldest or most redundant dropped beyond this)
-    min_frames: int = 3  # frames needed before a fused pose is reported
+    min_frames: int = 3  # distinct joint configurations needed before a fused pose is reported
     min_joint_distance: float = 0.05  # rad (L2 over joints): a frame this close to a kept one is skipped
     converged_trans_std_m: float = 0.002  # converged when the 1-sigma camera-position uncertainty is below...
     converged_rot_std_deg: float = 0.1  # ...and the 1-sigma rotation uncertainty is below this...
@@ -49,7 +56,7 @@ class FusionConfig:
 class FusionState:
     """What the fusion knows after an update."""
 
-    T_camera_base: np.ndarray | None  # (4, 4) fused pose, None until ``min_frames`` frames are in
+    T_camera_base: np.ndarray | None  # (4, 4) fused pose, None until ``min_frames`` distinct configurations are in
     covariance: np.ndarray | None  # (6, 6) left-perturbation covariance (see core.pnp)
     num_frames: int  # diverse frames in the window
     converged: bool
@@ -139,14 +146,24 @@ class StaticCameraFusion:
         # median over points: one bad keypoint must not make the whole frame "disagree"
         return float(np.sqrt(np.median(err ** 2)))
 
+    def _is_duplicate(self, frame: _Frame, frames: list[_Frame]) -> bool:
+        """Whether ``frame``'s joint configuration is within ``min_joint_distance`` of one in ``frames``."""
+        return any(f.q.shape == frame.q.shape and np.linalg.norm(f.q - frame.q) < self.config.min_joint_distance
+                   for f in frames)
+
+    def _distinct(self, frames: list[_Frame]) -> int:
+        """How many of ``frames`` are distinct configurations (each kept unless it duplicates a kept one)."""
+        kept: list[_Frame] = []
+        for f in frames:
+            if not self._is_duplicate(f, kept):
+                kept.append(f)
+        return len(kept)
+
     def _insert(self, frame: _Frame) -> None:
-        if self._frames:
-            d = np.array([np.linalg.norm(f.q - frame.q) if f.q.shape == frame.q.shape else np.inf for f in self._frames])
-            j = int(np.argmin(d))
-            if d[j] < self.config.min_joint_distance and len(self._frames) >= self.config.min_frames:
-                # A near-duplicate configuration adds little but would crowd out diverse frames. (Below
-                # min_frames it is kept, so a robot standing still still yields a calibration.)
-                return
+        if self._is_duplicate(frame, self._frames):
+            # A near-duplicate configuration is no new evidence, and it would crowd out diverse frames
+            # (and, below min_frames, make one configuration's ambiguous fit look confirmed).
+            return
         self._frames.append(frame)
         if len(self._frames) > self.config.max_frames:
             self._frames.pop(0)
@@ -187,7 +204,10 @@ class StaticCameraFusion:
             if np.isfinite(err) and err > self.config.bump_threshold_px:
                 if good_fit:
                     self._pending.append(frame)
-                    if len(self._pending) >= self.config.bump_frames:
+                    # As for the first pose: one configuration seen bump_frames times is one piece of
+                    # evidence, so the streak must also span min_frames distinct configurations.
+                    if (len(self._pending) >= self.config.bump_frames
+                            and self._distinct(self._pending) >= self.config.min_frames):
                         pending = self._pending
                         self.reset()
                         for f in pending:

@@ -6,7 +6,7 @@ interpolate joint states, estimate, and fuse in exactly the same way.
 
 What to publish (``FrameResult.T_camera_base``):
 
-* ``static`` mode: the fused pose once at least ``fusion.min_frames`` diverse frames agree, else nothing.
+* ``static`` mode: the fused pose once at least ``fusion.min_frames`` distinct configurations agree, else nothing.
   With robot meshes and a model that predicts masks, the fused keypoint pose is then refined by
   fitting the meshes' outline to the masks of many frames (:class:`~ctrnet_ros.core.silhouette.SilhouetteRefiner`),
   and the refined pose is published once a refinement passes its checks.

@@ -13,8 +13,8 @@ Thin glue around the core. Data flow::
 * Images use sensor-data QoS (best effort), which matches every camera driver; the subscription
   accepts ``qos_overrides.<topic>.subscription.reliability`` for transports that lose large images.
 * TF: ``base_frame -> camera frame`` (``T_base_camera``; the inverse with ``publish_inverse``), stamped
-  with the image stamp. Static mode publishes the *fused* pose once ``fusion.min_frames`` frames are
-  in, on ``/tf`` while converging and on ``/tf_static`` once converged (``static_when_converged``);
+  with the image stamp. Static mode publishes the *fused* pose once ``fusion.min_frames`` distinct joint
+  configurations are in (a robot standing still is not calibrated), on ``/tf`` while converging and on ``/tf_static`` once converged (``static_when_converged``);
   moving mode publishes the filtered per-frame pose. Without evidence nothing is published.
 * ``~/pose`` (PoseWithCovarianceStamped in base_frame), ``~/overlay`` (only while subscribed),
   ``/diagnostics`` (steady-clock timer), services ``~/reset``, ``~/save``, ``~/reload``.
@@ -614,6 +614,8 @@ class CalibrationNode(Node):
         state = result.fusion
         if state is not None and state.bumped:
             self.get_logger().warning(f"camera bump detected: fusion restarted (segment {state.segment})")
+        if state is not None and state.T_camera_base is None:
+            self._summary.collecting = f"{state.num_frames} of {self.config.fusion.min_frames}"
         if result.T_camera_base is None:
             return
         if result.source == "fused":

@@ -45,6 +45,7 @@ class CalibrationSummary:
     rot_std_deg: float = float("inf")
     segment: int = 0
     published_on: str = "nothing yet"  # "/tf", "/tf_static" or "nothing yet"
+    collecting: str = ""  # static mode, no fused pose yet: how many distinct configurations are in, e.g. "1 of 3"
 
 
 class NodeStats:
@@ -138,7 +139,11 @@ class NodeStats:
                 st.message = f"{self.last_reason}: {self.last_detail}"
             else:
                 st.level = DiagnosticStatus.OK
-                if summary.mode == "static":
+                if summary.mode == "static" and summary.collecting:
+                    st.message = (f"collecting: {summary.collecting} distinct robot configurations fused; "
+                                  "the fused pose needs the robot to move (one pose seen many times is one piece "
+                                  "of evidence)")
+                elif summary.mode == "static":
                     state = "converged" if summary.converged else "converging"
                     st.message = (f"{state}: {summary.fused_frames} frames fused, 1-sigma "
                                   f"{summary.trans_std_m * 1e3:.2f} mm / {summary.rot_std_deg:.3f} deg")
@@ -159,6 +164,7 @@ class NodeStats:
                 "inference [ms]": f"{self.last_inference_ms:.1f}",
                 "mode": summary.mode,
                 "fused frames": str(summary.fused_frames),
+                "collecting configurations": summary.collecting or "no",
                 "converged": str(summary.converged).lower(),
                 "translation std [mm]": f"{summary.trans_std_m * 1e3:.3f}",
                 "rotation std [deg]": f"{summary.rot_std_deg:.4f}",

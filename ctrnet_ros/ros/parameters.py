@@ -146,10 +146,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               range=(0.05, 60.0)),
     # -- static-camera fusion -------------------------------------------------------------------
     ParamSpec("fusion.max_frames", _F.max_frames, "Diverse frames kept in the fusion window.", range=(3, 100000)),
-    ParamSpec("fusion.min_frames", _F.min_frames, "Frames needed before a fused pose is published.",
+    ParamSpec("fusion.min_frames", _F.min_frames, "Distinct joint configurations (fusion.min_joint_distance apart) "
+              "needed before a fused pose is published, and spanned by a bump's disagreeing frames.",
               range=(1, 1000)),
-    ParamSpec("fusion.min_joint_distance", _F.min_joint_distance, "Frames closer than this in joint space (rad, L2) "
-              "replace each other instead of adding a near-duplicate.", range=(0.0, 100.0)),
+    ParamSpec("fusion.min_joint_distance", _F.min_joint_distance, "A frame closer than this in joint space (rad, L2) "
+              "to a fused one is a near-duplicate and is not added.", range=(0.0, 100.0)),
     ParamSpec("fusion.converged_trans_std_m", _F.converged_trans_std_m, "Converged when the 1-sigma translation "
               "uncertainty is below this (metres)...", range=(0.0, 10.0)),
     ParamSpec("fusion.converged_rot_std_deg", _F.converged_rot_std_deg, "...and the 1-sigma rotation uncertainty "
