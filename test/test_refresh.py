@@ -6,6 +6,7 @@ shared mesh cache (built on first use). One torch thread, small images: some sec
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,6 +217,39 @@ def test_refresh_batchnorm_adaptation_and_freezing(tmp_path, panda):
     with pytest.raises(RefreshError, match="mask_target"):
         refresh(RefreshConfig(init=str(init), out_dir=str(tmp_path / "bad"), mask_target="oracle"), samples=samples,
                 progress=False)
+
+
+def test_adapt_batchnorm_mixes_statistics_and_limits_itself_to_the_named_layers():
+    from ctrnet_ros.train.refresh import adapt_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4))
+    for bn in (net[1], net[4]):  # "training" statistics far from what the new images give
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)
+    images = [{"image": torch.randn(3, 16, 16) * 2.0 + 1.0} for _ in range(8)]
+
+    def adapted(**kw):
+        m = copy.deepcopy(net)
+        assert adapt_batchnorm(m, images, batch_size=4, device=torch.device("cpu"), **kw) == 8
+        return m
+
+    full, none = adapted(), adapted(mix=0.0)
+    for i in (1, 4):
+        assert torch.allclose(none[i].running_mean, net[i].running_mean)
+        assert torch.allclose(none[i].running_var, net[i].running_var)
+    half = adapted(mix=0.5)
+    m0, v0, m1, v1 = net[1].running_mean, net[1].running_var, full[1].running_mean, full[1].running_var
+    assert torch.allclose(half[1].running_mean, 0.5 * (m0 + m1))
+    assert torch.allclose(half[1].running_var, 0.5 * (v0 + v1) + 0.25 * (m1 - m0) ** 2)  # the mixture's variance
+    first = adapted(layers=["1"])
+    assert torch.allclose(first[1].running_mean, full[1].running_mean)
+    assert torch.equal(first[4].running_mean, net[4].running_mean) and first[4].momentum == net[4].momentum
+    with pytest.raises(ValueError, match="match no BatchNorm layer"):
+        adapted(layers=["trunk.layer9"])
+    with pytest.raises(ValueError, match="adapt_bn_mix"):
+        adapted(mix=1.5)
 
 
 def test_refresh_refuses_bad_inputs_clearly(tmp_path, panda):
