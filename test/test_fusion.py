@@ -32,6 +32,17 @@ def frame(rng, panda, spec, T, sigma=1.0):
     return corr, np.array(list(q.values())), single
 
 
+def feed_moving_robot(fusion, rng, panda, spec, T, n):
+    """``n`` frames of a moving robot seen from ``T``: (index of the last bump or None, last state)."""
+    bumped_at = st = None
+    for i in range(n):
+        corr, q, single = frame(rng, panda, spec, T)
+        st = fusion.update(corr, q, single=single)
+        if st.bumped:
+            bumped_at = i
+    return bumped_at, st
+
+
 def test_fusion_converges_below_2mm(panda, panda_spec, rng):
     T = camera_pose(rng)
     fusion = StaticCameraFusion(CAM)
@@ -64,12 +75,7 @@ def test_bump_is_detected_and_reconverges(panda, panda_spec, rng):
     fusion = StaticCameraFusion(CAM, cfg)
     for _ in range(60):
         fusion.update(*frame(rng, panda, panda_spec, T1)[:2])
-    bumped_at = None
-    for i in range(120):
-        corr, q, single = frame(rng, panda, panda_spec, T2)
-        st = fusion.update(corr, q, single=single)
-        if st.bumped:
-            bumped_at = i
+    bumped_at, st = feed_moving_robot(fusion, rng, panda, panda_spec, T2, 120)
     assert bumped_at == cfg.bump_frames - 1
     assert st.segment == 1
     assert position_error(st.T_camera_base, T2) < 0.002
@@ -90,12 +96,7 @@ def test_a_bump_needs_disagreement_from_distinct_configurations(panda, panda_spe
         assert not st.bumped and not st.agreed
     assert position_error(st.T_camera_base, T1) < 0.002
     # Once it moves, the streak spans distinct configurations and the bump is taken.
-    bumped_at = None
-    for i in range(60):
-        corr, q, single = frame(rng, panda, panda_spec, T2)
-        st = fusion.update(corr, q, single=single)
-        if st.bumped:
-            bumped_at = i
+    bumped_at, st = feed_moving_robot(fusion, rng, panda, panda_spec, T2, 60)
     assert bumped_at == fusion.config.min_frames - 2  # the standing frames count as one configuration
     assert position_error(st.T_camera_base, T2) < 0.002
 

@@ -397,8 +397,9 @@ def adapt_batchnorm(model: torch.nn.Module, images: torch.utils.data.Dataset, *,
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch counts the same
     model.train()
+    adapted = {id(m) for m in bns}
     for _, m in named:  # the layers left out normalise with their stored statistics
-        if not any(m is b for b in bns):
+        if id(m) not in adapted:
             m.eval()
     n = 0
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
