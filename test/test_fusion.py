@@ -91,14 +91,36 @@ def test_a_bump_needs_disagreement_from_distinct_configurations(panda, panda_spe
     # The camera moved while the robot stands still: one configuration, disagreeing 3x bump_frames times,
     # is not yet evidence enough to throw the calibration away (it could as well be a biased detection).
     corr, q, single = frame(rng, panda, panda_spec, T2)
-    for _ in range(3 * fusion.config.bump_frames):
+    for i in range(3 * fusion.config.bump_frames):
         st = fusion.update(corr, q, single=single)
         assert not st.bumped and not st.agreed
+        # ...but from bump_frames on, the old pose is disputed: the newest evidence contradicts it.
+        assert st.disputed == (i + 1 if i + 1 >= fusion.config.bump_frames else 0)
+    assert st.disputed_configurations == 1
     assert position_error(st.T_camera_base, T1) < 0.002
+    assert len(fusion._pending) == fusion.config.bump_frames  # the standing streak is counted, not stored
     # Once it moves, the streak spans distinct configurations and the bump is taken.
     bumped_at, st = feed_moving_robot(fusion, rng, panda, panda_spec, T2, 60)
     assert bumped_at == fusion.config.min_frames - 2  # the standing frames count as one configuration
     assert position_error(st.T_camera_base, T2) < 0.002
+
+
+def test_a_dispute_ends_when_frames_agree_again(panda, panda_spec, rng):
+    T = camera_pose(rng)
+    fusion = StaticCameraFusion(CAM)
+    for _ in range(60):
+        fusion.update(*frame(rng, panda, panda_spec, T)[:2])
+    # A standing robot whose keypoints fit well but consistently elsewhere (e.g. a detection biased by
+    # an occluder) disputes the pose; a good frame afterwards ends the dispute, and nothing was reset.
+    corr, q, _ = frame(rng, panda, panda_spec, T)
+    shifted = pnp.FrameCorrespondences(corr.points_base, corr.pixels + np.array([25.0, 0.0]))
+    single = pnp.solve_pnp(shifted.points_base, shifted.pixels, CAM)
+    for _ in range(fusion.config.bump_frames):
+        st = fusion.update(shifted, q, single=single)
+    assert st.disputed == fusion.config.bump_frames
+    st = fusion.update(*frame(rng, panda, panda_spec, T)[:2])
+    assert st.disputed == 0 and st.agreed and st.segment == 0
+    assert position_error(st.T_camera_base, T) < 0.002
 
 
 def test_a_robot_standing_still_is_not_calibrated_until_it_moves(panda, panda_spec, rng):

@@ -118,3 +118,25 @@ def test_replay_waits_for_joint_states_after_the_image(panda, panda_spec, scene)
     assert len(out) == 1 and out[0].estimate.ok
     # Interpolated q at 5 ms puts the keypoints where the image shows them (to interpolation accuracy).
     assert out[0].estimate.pnp.rmse_px < 0.05
+
+
+def test_a_bump_seen_by_a_standing_robot_withholds_the_old_pose(panda, panda_spec, scene):
+    traj, T = scene
+    det, pipe = make(panda, panda_spec)
+    pipe.set_camera(CAM)
+    before = run(pipe, det, panda, panda_spec, traj, lambda t: T, duration=3.0)
+    assert before[-1].source == "fused"
+    # The camera is bumped while the robot stands still at its 3 s configuration: the old pose is
+    # contradicted by every new frame, yet no bump can be confirmed. Nothing is published meanwhile.
+    bumped = se3.make_transform(se3.rvec_to_matrix(np.radians([0.0, 2.0, 1.0])), [0.03, -0.02, 0.01]) @ T
+    standing = lambda t: traj(3.0)
+    during = run(pipe, det, panda, panda_spec, standing, lambda t: bumped, duration=1.0, t0=3.0)
+    bump_frames = pipe.config.fusion.bump_frames
+    withheld = [r for r in during if r.source == "disputed"]
+    assert len(withheld) >= len(during) - bump_frames - 1
+    assert all(r.T_camera_base is None and r.fusion.disputed >= bump_frames for r in withheld)
+    assert all(r.source == "fused" for r in during[:bump_frames - 1])  # the streak is not yet a dispute
+    # Once the robot moves, the bump is confirmed and the new pose is published.
+    after = run(pipe, det, panda, panda_spec, traj, lambda t: bumped, duration=2.0, t0=4.0)
+    assert any(r.fusion is not None and r.fusion.bumped for r in after)
+    assert after[-1].source == "fused" and position_error(after[-1].T_camera_base, bumped) < 0.01

@@ -235,7 +235,7 @@ class Rig:
                 w, h = feed.camera_info_size
                 cam = CAMERA if (w, h) == (640, 480) else PinholeCamera.from_fov(width=w, height=h, fovy_deg=50.0)
                 self.topics["info"].publish(camera_info_msg(img.header.stamp, camera=cam))
-                wait_for(lambda: self.node._camera is not None, "camera_info to reach the node")
+                wait_for(lambda: self.node._camera_state[0] is not None, "camera_info to reach the node")
             self.images[stamp_ns] = i
             processed = self.node.stats.processed
             self.topics["image"].publish(img)

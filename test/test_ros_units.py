@@ -141,6 +141,10 @@ def test_diagnostic_levels():
                       summary=CalibrationSummary(fused_frames=1, collecting="1 of 3"))
     assert st.level == DiagnosticStatus.OK and st.message.startswith("collecting: 1 of 3 distinct robot configurations")
     assert {v.key: v.value for v in st.values}["collecting configurations"] == "1 of 3"
+    st = stats.report(name="n: c", hardware_id="cam", image_topic="/img",
+                      summary=CalibrationSummary(fused_frames=40, disputed="12 frames (1 distinct robot configurations)"))
+    assert st.level == DiagnosticStatus.WARN and st.message.startswith("disputed: the last 12 frames")
+    assert {v.key: v.value for v in st.values}["disputed by"] == "12 frames (1 distinct robot configurations)"
 
 
 @pytest.mark.skipif(os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST",

@@ -66,6 +66,11 @@ class FusionState:
     agreed: bool = True  # this frame agreed with the fused pose (or there was none yet): evidence for it
     refined: bool = False  # T_camera_base is the outline-refined pose (see core.silhouette), not the keypoint one
     refine_detail: str = ""  # why the last outline refinement was refused, or ""
+    #: an unconfirmed bump: this many consecutive well-fitting frames (>= bump_frames) disagree with the
+    #: fused pose, but span fewer than min_frames distinct configurations (the robot stands still). The
+    #: fused pose is contradicted by the newest evidence, so it is not published until either side wins.
+    disputed: int = 0
+    disputed_configurations: int = 0  # distinct joint configurations among the disputing frames
 
     @property
     def trans_std_m(self) -> float:
@@ -95,6 +100,7 @@ class StaticCameraFusion:
         self.config = config
         self._frames: list[_Frame] = []
         self._pending: list[_Frame] = []  # consecutive disagreeing frames (bump candidates)
+        self._pending_count = 0  # length of that streak (near-duplicates beyond bump_frames are not kept)
         self._T: np.ndarray | None = None
         self._cov: np.ndarray | None = None
         self._segment = 0
@@ -106,8 +112,10 @@ class StaticCameraFusion:
 
     def state(self, **extra) -> FusionState:
         ok = self._T is not None and len(self._frames) >= self.config.min_frames
+        disputed = self._pending_count if ok and self._pending_count >= self.config.bump_frames else 0
         st = FusionState(T_camera_base=self._T if ok else None, covariance=self._cov if ok else None,
-                         num_frames=len(self._frames), converged=False, segment=self._segment, **extra)
+                         num_frames=len(self._frames), converged=False, segment=self._segment, disputed=disputed,
+                         disputed_configurations=self._distinct(self._pending) if disputed else 0, **extra)
         st.converged = self.is_converged(st)
         return st
 
@@ -121,6 +129,7 @@ class StaticCameraFusion:
         """Forget all frames (optionally start from a saved calibration, reported until new frames arrive)."""
         self._frames.clear()
         self._pending.clear()
+        self._pending_count = 0
         self._T = None if T_camera_base is None else np.asarray(T_camera_base, dtype=np.float64)
         self._cov = None if covariance is None else np.asarray(covariance, dtype=np.float64)
         self._segment += 1
@@ -151,13 +160,16 @@ class StaticCameraFusion:
         return any(f.q.shape == frame.q.shape and np.linalg.norm(f.q - frame.q) < self.config.min_joint_distance
                    for f in frames)
 
-    def _distinct(self, frames: list[_Frame]) -> int:
-        """How many of ``frames`` are distinct configurations (each kept unless it duplicates a kept one)."""
+    def _kept(self, frames: list[_Frame]) -> list[_Frame]:
+        """The distinct configurations among ``frames`` (each kept unless it duplicates a kept one)."""
         kept: list[_Frame] = []
         for f in frames:
             if not self._is_duplicate(f, kept):
                 kept.append(f)
-        return len(kept)
+        return kept
+
+    def _distinct(self, frames: list[_Frame]) -> int:
+        return len(self._kept(frames))
 
     def _insert(self, frame: _Frame) -> None:
         if self._is_duplicate(frame, self._frames):
@@ -203,10 +215,15 @@ class StaticCameraFusion:
             good_fit = single is not None and single.rmse_px <= self.config.frame_quality_px
             if np.isfinite(err) and err > self.config.bump_threshold_px:
                 if good_fit:
-                    self._pending.append(frame)
+                    self._pending_count += 1
+                    # Beyond bump_frames only new configurations are kept: a robot standing still for
+                    # minutes must not grow the streak without bound.
+                    if (len(self._pending) < self.config.bump_frames
+                            or not self._is_duplicate(frame, self._kept(self._pending))):
+                        self._pending.append(frame)
                     # As for the first pose: one configuration seen bump_frames times is one piece of
                     # evidence, so the streak must also span min_frames distinct configurations.
-                    if (len(self._pending) >= self.config.bump_frames
+                    if (self._pending_count >= self.config.bump_frames
                             and self._distinct(self._pending) >= self.config.min_frames):
                         pending = self._pending
                         self.reset()
@@ -217,6 +234,7 @@ class StaticCameraFusion:
                 # A disagreeing frame (bump candidate or bad detection) never enters the window.
                 return self.state(frame_error_px=err, agreed=False)
             self._pending.clear()
+            self._pending_count = 0
         self._insert(frame)
         self._solve()
         return self.state(frame_error_px=err)

@@ -83,7 +83,7 @@ class FrameResult:
     estimate: Estimate  # the per-frame estimate (ok or with a reason)
     T_camera_base: np.ndarray | None  # (4, 4) pose to publish now, or None: publish nothing
     covariance: np.ndarray | None  # (6, 6) of T_camera_base (core.pnp convention), if known
-    source: str  # "fused", "filtered", "saved" or "none"
+    source: str  # "fused", "filtered", "saved", "disputed" (an unconfirmed bump: nothing published) or "none"
     fusion: FusionState | None = None  # static mode: fusion state after this frame
 
 
@@ -280,6 +280,10 @@ class CalibrationPipeline:
 
     def _result(self, est: Estimate, state: FusionState | None) -> FrameResult:
         T, cov, source = None, None, "none"
+        if self.config.mode == "static" and state is not None and state.disputed:
+            # The newest evidence contradicts the fused pose (a bump not yet confirmable): publish nothing.
+            return FrameResult(stamp_ns=est.stamp_ns, estimate=est, T_camera_base=None, covariance=None,
+                               source="disputed", fusion=state)
         if self.config.mode == "static" and state is not None and state.T_camera_base is not None:
             T, cov, source = state.T_camera_base, state.covariance, "fused"
         elif self.config.mode == "moving" and self._moving.pose is not None:

@@ -189,8 +189,9 @@ class CalibrationNode(Node):
             moving=cfg.moving, silhouette=cfg.outline), silhouette_mesh=self._outline_mesh,
             refine_in_background=cfg.outline_background)
         self._pipeline_mesh = self._outline_mesh
-        self._camera = None
-        self._camera_problem = f"no camera_info received on {cfg.camera_info_topic}"
+        # (camera, problem), replaced as one attribute so the camera_info callback needs no lock: it never
+        # waits for a worker's PnP (which holds the lock) and so never delays the image callbacks behind it
+        self._camera_state = (None, f"no camera_info received on {cfg.camera_info_topic}")
         # starting calibration from calibration_file: (camera frame, converged, frames); its pose is in the pipeline
         self._seed: tuple[str, bool, int] | None = None
         self._published: _Published | None = None
@@ -350,8 +351,7 @@ class CalibrationNode(Node):
             problem = ""
         except (CameraModelError, ValueError) as exc:
             camera, problem = None, f"camera_info on {self.config.camera_info_topic} is unusable: {exc}"
-        with self._lock:
-            self._camera, self._camera_problem = camera, problem
+        self._camera_state = (camera, problem)
 
     def _on_joint_states(self, msg: JointState) -> None:
         try:
@@ -527,9 +527,9 @@ class CalibrationNode(Node):
         t_start = time.monotonic()
         stamp_ns = stamp_to_ns(msg.header.stamp)
         camera_frame = cfg.camera_frame or msg.header.frame_id
+        camera, camera_problem = self._camera_state
         with self._lock:
-            estimator, camera, camera_problem, not_ready = (self._estimator, self._camera, self._camera_problem,
-                                                             self._not_ready)
+            estimator, not_ready = self._estimator, self._not_ready
 
         def reject(reason: str, detail: str) -> None:
             # A static camera's fused pose stays valid whatever this frame's problem is: keep TF fresh.
@@ -604,7 +604,7 @@ class CalibrationNode(Node):
             return
         state = self._pipeline.fusion_state
         with self._lock:
-            if state is not None and state.T_camera_base is not None:
+            if state is not None and state.T_camera_base is not None and not state.disputed:
                 self._publish(state.T_camera_base, state.covariance, stamp_ns, camera_frame,
                               converged=state.converged, frames=state.num_frames, segment=state.segment,
                               t_received=t_received)
@@ -616,6 +616,13 @@ class CalibrationNode(Node):
             self.get_logger().warning(f"camera bump detected: fusion restarted (segment {state.segment})")
         if state is not None and state.T_camera_base is None:
             self._summary.collecting = f"{state.num_frames} of {self.config.fusion.min_frames}"
+        if result.source == "disputed":
+            self._summary.disputed = (f"{state.disputed} frames ({state.disputed_configurations} distinct robot "
+                                      f"configurations)")
+            self.get_logger().warning(
+                f"the last {self._summary.disputed} disagree with the fused calibration: the camera may have "
+                "moved. Publishing nothing until the robot moves (to confirm a bump and re-converge) or the "
+                "frames agree again; ~/reset starts over", throttle_duration_sec=5.0)
         if result.T_camera_base is None:
             return
         if result.source == "fused":

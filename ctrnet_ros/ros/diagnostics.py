@@ -46,6 +46,7 @@ class CalibrationSummary:
     segment: int = 0
     published_on: str = "nothing yet"  # "/tf", "/tf_static" or "nothing yet"
     collecting: str = ""  # static mode, no fused pose yet: how many distinct configurations are in, e.g. "1 of 3"
+    disputed: str = ""  # static mode: an unconfirmed bump withholds the fused pose, e.g. "12 frames (1 distinct ...)"
 
 
 class NodeStats:
@@ -139,7 +140,12 @@ class NodeStats:
                 st.message = f"{self.last_reason}: {self.last_detail}"
             else:
                 st.level = DiagnosticStatus.OK
-                if summary.mode == "static" and summary.collecting:
+                if summary.mode == "static" and summary.disputed:
+                    st.level = DiagnosticStatus.WARN
+                    st.message = (f"disputed: the last {summary.disputed} disagree with the fused calibration "
+                                  "(the camera may have moved); publishing nothing until the robot moves or the "
+                                  "frames agree again")
+                elif summary.mode == "static" and summary.collecting:
                     st.message = (f"collecting: {summary.collecting} distinct robot configurations fused; "
                                   "the fused pose needs the robot to move (one pose seen many times is one piece "
                                   "of evidence)")
@@ -165,6 +171,7 @@ class NodeStats:
                 "mode": summary.mode,
                 "fused frames": str(summary.fused_frames),
                 "collecting configurations": summary.collecting or "no",
+                "disputed by": summary.disputed or "no",
                 "converged": str(summary.converged).lower(),
                 "translation std [mm]": f"{summary.trans_std_m * 1e3:.3f}",
                 "rotation std [deg]": f"{summary.rot_std_deg:.4f}",
