@@ -82,6 +82,7 @@ class OracleDetector:
         self.T_camera_base = true_T_camera_base()
         self.confidence = 1.0
         self.mask = None  # optional robot mask returned with every detection (detector-input frame)
+        self.hold_s = None  # robot standing still at this time (the rig's joint states hold it too)
         self.calls = 0
 
     def detect(self, image_rgb):
@@ -89,7 +90,7 @@ class OracleDetector:
         h, w = image_rgb.shape[:2]
         r, g, _ = (int(v) for v in image_rgb[h // 2, w // 2])
         i = r + 256 * g
-        kp = self.robot.keypoints_base(self.spec, q_at(i * IMAGE_DT_NS * 1e-9))
+        kp = self.robot.keypoints_base(self.spec, q_at(i * IMAGE_DT_NS * 1e-9 if self.hold_s is None else self.hold_s))
         tf = CAMERA.letterbox_transform(*self.input_size)
         uv = tf.apply_coords(CAMERA.project_from(self.T_camera_base, kp))
         uv = uv + self.rng.normal(0.0, self.noise_px, uv.shape)
@@ -215,7 +216,7 @@ class Rig:
             if feed.joints_stop_before_s is not None:
                 last_joint_ns = stamp_ns - int(feed.joints_stop_before_s * 1e9)
             while self.next_joint_ns <= last_joint_ns:
-                t = (self.next_joint_ns - T0_NS) * 1e-9
+                t = (self.next_joint_ns - T0_NS) * 1e-9 if self.oracle.hold_s is None else self.oracle.hold_s
                 q = {k: v for k, v in q_at(t).items() if k not in feed.drop_joints}
                 q |= {k: float("nan") for k in feed.nan_joints}
                 self.topics["joints"].publish(joint_msg(self.next_joint_ns, q))
@@ -544,6 +545,37 @@ def test_bump_restarts_fusion_and_reconverges(make_rig):
     assert se3.translation_error(transform_to_matrix(static[-1]), T_new_bc) < 0.003
     kv = {v.key: v.value for v in rig.my_diagnostics()[-1].values}
     assert int(kv["segment"]) >= 1
+
+
+def test_a_bump_the_standing_robot_cannot_confirm_stops_tf(make_rig):
+    rig = make_rig({"fusion.bump_frames": 5, "static_when_converged": False}, noise_px=0.5)
+    rig.feed(30)
+    assert rig.tf_for(rig.tf), "a moving robot is calibrated"
+    # The robot stops, then the camera is knocked: every frame contradicts the fused pose, but one
+    # configuration cannot confirm a bump. After bump_frames of them the node stops publishing.
+    rig.oracle.hold_s = (rig.frames_sent - 1) * IMAGE_DT_NS * 1e-9
+    T_old_bc = se3.invert_transform(rig.oracle.T_camera_base)
+    rig.oracle.T_camera_base = se3.make_transform(se3.rvec_to_matrix(np.radians([1.2, -1.2, 1.0])),
+                                                  [0.02, -0.015, 0.015]) @ rig.oracle.T_camera_base
+    bump_index = rig.frames_sent
+    rig.feed(12)
+    disputed_stamps = {T0_NS + i * IMAGE_DT_NS for i in range(bump_index + 5, rig.frames_sent)}
+    time.sleep(0.3)  # let anything published for the last frames arrive
+    assert not [t for t in rig.tf_for(rig.tf) if stamp_ns_of(t) in disputed_stamps]
+    assert not [p for p in rig.poses if stamp_ns_of(p) in disputed_stamps]
+    wait_for(lambda: any(s.message.startswith("disputed: the last") for s in rig.my_diagnostics()),
+             "diagnostics to report the dispute")
+    # The robot moves again: the bump is confirmed and TF comes back, at the new pose.
+    rig.oracle.hold_s = None
+    T_new_bc = se3.invert_transform(rig.oracle.T_camera_base)
+    resumed = rig.frames_sent
+    rig.feed(30)
+    late = [t for t in rig.tf_for(rig.tf) if stamp_ns_of(t) >= T0_NS + resumed * IMAGE_DT_NS]
+    assert late
+    T_late = transform_to_matrix(late[-1])
+    # re-converging from ~1 s of motion (a few mm), and far nearer the new pose than the old (~3 cm away)
+    assert se3.translation_error(T_late, T_new_bc) < 0.01
+    assert se3.translation_error(T_late, T_new_bc) < se3.translation_error(T_late, T_old_bc) / 2
 
 
 def test_overlay_only_while_subscribed(make_rig):
