@@ -101,6 +101,7 @@ class StaticCameraFusion:
         self._frames: list[_Frame] = []
         self._pending: list[_Frame] = []  # consecutive disagreeing frames (bump candidates)
         self._pending_count = 0  # length of that streak (near-duplicates beyond bump_frames are not kept)
+        self._pending_distinct: list[_Frame] = []  # the streak's distinct configurations, kept as it grows
         self._T: np.ndarray | None = None
         self._cov: np.ndarray | None = None
         self._segment = 0
@@ -115,7 +116,7 @@ class StaticCameraFusion:
         disputed = self._pending_count if ok and self._pending_count >= self.config.bump_frames else 0
         st = FusionState(T_camera_base=self._T if ok else None, covariance=self._cov if ok else None,
                          num_frames=len(self._frames), converged=False, segment=self._segment, disputed=disputed,
-                         disputed_configurations=self._distinct(self._pending) if disputed else 0, **extra)
+                         disputed_configurations=len(self._pending_distinct) if disputed else 0, **extra)
         st.converged = self.is_converged(st)
         return st
 
@@ -128,8 +129,7 @@ class StaticCameraFusion:
     def reset(self, *, T_camera_base=None, covariance=None) -> None:
         """Forget all frames (optionally start from a saved calibration, reported until new frames arrive)."""
         self._frames.clear()
-        self._pending.clear()
-        self._pending_count = 0
+        self._end_streak()
         self._T = None if T_camera_base is None else np.asarray(T_camera_base, dtype=np.float64)
         self._cov = None if covariance is None else np.asarray(covariance, dtype=np.float64)
         self._segment += 1
@@ -160,16 +160,10 @@ class StaticCameraFusion:
         return any(f.q.shape == frame.q.shape and np.linalg.norm(f.q - frame.q) < self.config.min_joint_distance
                    for f in frames)
 
-    def _kept(self, frames: list[_Frame]) -> list[_Frame]:
-        """The distinct configurations among ``frames`` (each kept unless it duplicates a kept one)."""
-        kept: list[_Frame] = []
-        for f in frames:
-            if not self._is_duplicate(f, kept):
-                kept.append(f)
-        return kept
-
-    def _distinct(self, frames: list[_Frame]) -> int:
-        return len(self._kept(frames))
+    def _end_streak(self) -> None:
+        self._pending.clear()
+        self._pending_distinct.clear()
+        self._pending_count = 0
 
     def _insert(self, frame: _Frame) -> None:
         if self._is_duplicate(frame, self._frames):
@@ -216,15 +210,17 @@ class StaticCameraFusion:
             if np.isfinite(err) and err > self.config.bump_threshold_px:
                 if good_fit:
                     self._pending_count += 1
+                    new_configuration = not self._is_duplicate(frame, self._pending_distinct)
+                    if new_configuration:
+                        self._pending_distinct.append(frame)
                     # Beyond bump_frames only new configurations are kept: a robot standing still for
                     # minutes must not grow the streak without bound.
-                    if (len(self._pending) < self.config.bump_frames
-                            or not self._is_duplicate(frame, self._kept(self._pending))):
+                    if len(self._pending) < self.config.bump_frames or new_configuration:
                         self._pending.append(frame)
                     # As for the first pose: one configuration seen bump_frames times is one piece of
                     # evidence, so the streak must also span min_frames distinct configurations.
                     if (self._pending_count >= self.config.bump_frames
-                            and self._distinct(self._pending) >= self.config.min_frames):
+                            and len(self._pending_distinct) >= self.config.min_frames):
                         pending = self._pending
                         self.reset()
                         for f in pending:
@@ -233,8 +229,7 @@ class StaticCameraFusion:
                         return self.state(bumped=True, frame_error_px=err)
                 # A disagreeing frame (bump candidate or bad detection) never enters the window.
                 return self.state(frame_error_px=err, agreed=False)
-            self._pending.clear()
-            self._pending_count = 0
+            self._end_streak()
         self._insert(frame)
         self._solve()
         return self.state(frame_error_px=err)

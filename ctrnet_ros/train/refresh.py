@@ -383,7 +383,7 @@ def adapt_batchnorm(model: torch.nn.Module, images: torch.utils.data.Dataset, *,
     """
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"adapt_bn_mix must be in [0, 1], got {mix}")
-    named = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    named = _named_batchnorms(model)
     bns = [m for n, m in named if not layers or any(n.startswith(p) for p in layers)]
     if layers and not bns:
         raise ValueError(f"adapt_bn_layers {list(layers)} match no BatchNorm layer; the model's are "
@@ -417,15 +417,15 @@ def adapt_batchnorm(model: torch.nn.Module, images: torch.utils.data.Dataset, *,
     return n
 
 
-def _batchnorms(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+def _named_batchnorms(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def _train_mode(model: torch.nn.Module, *, freeze_bn: bool) -> None:
     """Training mode; with ``freeze_bn`` the BatchNorm layers stay in eval mode (stored statistics)."""
     model.train()
     if freeze_bn:
-        for m in _batchnorms(model):
+        for _, m in _named_batchnorms(model):
             m.eval()
 
 
@@ -507,12 +507,16 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
     if config.adapt_bn:
         plain = CollectionImages(samples, robot=robot, spec=spec, links=meshes.links, input_size=input_size,
                                  augment=False, seed=config.seed)
-        if start_step == 0:
+
+        def adapt(m: torch.nn.Module) -> int:  # the model and its mask teacher are adapted alike
             try:
-                n = adapt_batchnorm(model, plain, batch_size=config.batch_size, device=device,
-                                    mix=config.adapt_bn_mix, layers=config.adapt_bn_layers)
+                return adapt_batchnorm(m, plain, batch_size=config.batch_size, device=device,
+                                       mix=config.adapt_bn_mix, layers=config.adapt_bn_layers)
             except ValueError as exc:
                 raise RefreshError(str(exc)) from exc
+
+        if start_step == 0:
+            n = adapt(model)
             logger.info("BatchNorm statistics re-estimated on %d collected images", n)
     teacher = None
     if config.mask_target == "teacher":  # the initial model (BatchNorm adapted), frozen, also after a resume
@@ -522,8 +526,7 @@ def refresh(config: RefreshConfig, *, resume: bool = False, progress: bool = Tru
             except ModelFileError as exc:
                 raise RefreshError(f"cannot load the initial model {config.init} as the mask teacher: {exc}") from exc
             if config.adapt_bn:
-                adapt_batchnorm(teacher, plain, batch_size=config.batch_size, device=device, mix=config.adapt_bn_mix,
-                                layers=config.adapt_bn_layers)
+                adapt(teacher)
         else:
             teacher = copy.deepcopy(model)
         teacher.eval().requires_grad_(False)
