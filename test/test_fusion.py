@@ -82,6 +82,20 @@ def test_bump_is_detected_and_reconverges(panda, panda_spec, rng):
     assert se3.rotation_error_deg(st.T_camera_base, T2) < 0.1
 
 
+def test_a_bump_restarts_from_the_disagreeing_frames(panda, panda_spec, rng):
+    T1 = camera_pose(rng)
+    T2 = se3.make_transform(se3.rvec_to_matrix(np.radians([0.0, 2.0, 1.0])), [0.03, -0.02, 0.01]) @ T1
+    fusion = StaticCameraFusion(CAM)
+    for _ in range(60):
+        fusion.update(*frame(rng, panda, panda_spec, T1)[:2])
+    for _ in range(fusion.config.bump_frames):
+        corr, q, single = frame(rng, panda, panda_spec, T2)
+        st = fusion.update(corr, q, single=single)
+    # The streak that proved the bump is the new window's evidence: a pose at once, near the new camera.
+    assert st.bumped and st.num_frames == fusion.config.bump_frames
+    assert position_error(st.T_camera_base, T2) < 0.01
+
+
 def test_a_bump_needs_disagreement_from_distinct_configurations(panda, panda_spec, rng):
     T1 = camera_pose(rng)
     T2 = se3.make_transform(se3.rvec_to_matrix(np.radians([0.0, 2.0, 1.0])), [0.03, -0.02, 0.01]) @ T1

@@ -221,7 +221,7 @@ class StaticCameraFusion:
                     # evidence, so the streak must also span min_frames distinct configurations.
                     if (self._pending_count >= self.config.bump_frames
                             and len(self._pending_distinct) >= self.config.min_frames):
-                        pending = self._pending
+                        pending = list(self._pending)  # reset() empties the streak in place
                         self.reset()
                         for f in pending:
                             self._insert(f)
